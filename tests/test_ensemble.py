@@ -1,0 +1,268 @@
+"""OOF predictions, ensemblers and clip selection (fast: LogisticRegression stand-ins, one real DenseHead run)."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from catdog_features import ensemble as ens
+from catdog_features.ensemble import (
+    CLIP_GRID,
+    OOFPredictions,
+    choose_clip,
+    clip_probabilities,
+    fit_blend,
+    fit_ensemblers,
+    fit_oof,
+    log_loss,
+    members_from_sweep,
+    oof_key,
+)
+from catdog_features.featureset import FeatureSet
+
+
+def make_features(n_per_class=30, n_classes=2, dims=(6, 4), seed=0, test=0, noise=1.5):
+    """Gaussian blobs; every row's vector is unique, so a spy can recognise rows."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    rng.shuffle(labels)
+    all_labels = np.concatenate([labels, rng.integers(0, n_classes, test)])
+    n = len(all_labels)
+    feats = {}
+    for k, d in enumerate(dims):
+        centers = rng.normal(0, 1, (n_classes, d))
+        feats[f"B{k}"] = (centers[all_labels] + rng.normal(0, noise, (n, d))).astype(np.float32)
+    ids = np.array([str(i) for i in range(n)])
+    names = tuple(f"c{k}" for k in range(n_classes))
+    train = FeatureSet(ids[: len(labels)], labels, names, {k: v[: len(labels)] for k, v in feats.items()})
+    tst = FeatureSet(ids[len(labels):], None, (), {k: v[len(labels):] for k, v in feats.items()}) if test else None
+    return train, tst
+
+
+class SpyLR:
+    """LogisticRegression that records which rows it was fitted on."""
+
+    seen = []
+
+    def __init__(self, params, random_state):
+        self.model = LogisticRegression(C=params.get("C", 1.0), max_iter=1000)
+        self.backbones = params.get("_backbones")
+
+    def fit(self, X, y):
+        SpyLR.seen.append({tuple(np.round(r, 6)) for r in X})
+        self.model.fit(X, y)
+        self.classes_ = self.model.classes_
+        return self
+
+    def predict_proba(self, X):
+        return self.model.predict_proba(X)
+
+
+MEMBERS = [
+    {"name": "a", "params": {"C": 1.0}, "backbones": ["B0"]},
+    {"name": "b", "params": {"C": 0.1}, "backbones": ["B1"]},
+    {"name": "ab", "params": {"C": 0.5}, "backbones": ["B0", "B1"]},
+]
+
+
+@pytest.fixture
+def binary_oof():
+    train, test = make_features(test=10)
+    SpyLR.seen = []
+    return fit_oof(MEMBERS, train, test, folds=4, random_state=3, estimator_factory=SpyLR, progress=False), train, test
+
+
+def test_every_training_id_gets_exactly_one_oof_prediction(binary_oof):
+    oof, train, _ = binary_oof
+    assert list(oof.ids) == list(train.ids)
+    assert sorted(np.bincount(oof.folds)) == [15, 15, 15, 15]
+    for name in oof.member_names:
+        assert oof.oof[name].shape == (60, 2)
+        assert not np.isnan(oof.oof[name]).any()
+        np.testing.assert_allclose(oof.oof[name].sum(axis=1), 1.0)
+    # folds stratified: each fold holds both classes in equal proportion
+    for k in range(4):
+        assert abs(train.labels[oof.folds == k].mean() - 0.5) < 0.15
+
+
+def test_no_fold_model_saw_its_oof_rows(binary_oof):
+    oof, train, _ = binary_oof
+    assert len(SpyLR.seen) == len(MEMBERS) * 4
+    for m, member in enumerate(MEMBERS):
+        X = train.concat(member["backbones"])
+        for k in range(4):
+            seen = SpyLR.seen[m * 4 + k]
+            held = {tuple(np.round(r, 6)) for r in X[oof.folds == k]}
+            rest = {tuple(np.round(r, 6)) for r in X[oof.folds != k]}
+            assert not (seen & held)
+            assert seen == rest
+
+
+def test_test_prediction_is_mean_of_fold_models(binary_oof):
+    oof, train, test = binary_oof
+    X, Xt = train.concat(["B0"]), test.concat(["B0"])
+    expected = np.mean([LogisticRegression(max_iter=1000).fit(X[oof.folds != k], train.labels[oof.folds != k]).predict_proba(Xt)
+                        for k in range(4)], axis=0)
+    np.testing.assert_allclose(oof.test["a"], expected, atol=1e-6)
+    assert list(oof.test_ids) == list(test.ids)
+
+
+def test_blend_weights_on_simplex_and_not_worse_than_best_member(binary_oof):
+    oof, *_ = binary_oof
+    result = fit_ensemblers(oof, method="blend")
+    w = np.array(list(result.weights.values()))
+    assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
+    member_losses = [r["log_loss"] for r in result.scores if r["kind"] == "member"]
+    blend = next(r for r in result.scores if r["name"] == "blend")
+    assert blend["log_loss"] <= min(member_losses) + 1e-12
+    assert result.method == "blend"
+    assert result.test_proba.shape == (10, 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blend_never_worse_than_best_member_even_with_a_bad_member(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 200)
+    good = np.full((200, 3), 0.1)
+    good[np.arange(200), y] = 0.8
+    noisy = rng.dirichlet(np.ones(3), 200)
+    w = fit_blend([noisy, good], y)
+    assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
+    mix = w[0] * noisy + w[1] * good
+    assert log_loss(mix, y) <= min(log_loss(good, y), log_loss(noisy, y)) + 1e-12
+
+
+def test_stacker_score_is_nested_cv_not_in_sample():
+    # 25 members of pure noise: a stacker fitted in-sample looks better than chance,
+    # its nested-CV score must not.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    members = [{"name": f"m{i}", "params": {}, "backbones": ["B0"]} for i in range(25)]
+    probs = {m["name"]: np.column_stack([1 - (p := rng.uniform(0.2, 0.8, 120)), p]) for m in members}
+    oof = OOFPredictions(np.arange(120).astype(str), y, np.arange(120) % 5, ("a", "b"), members, probs, info={"folds": 5})
+    result = fit_ensemblers(oof, method="auto", random_state=7)
+    stack = next(r for r in result.scores if r["name"] == "stack")
+    in_sample = float(stack["note"].rsplit(" ", 1)[1])
+    assert in_sample < np.log(2) < stack["log_loss"]
+    assert stack["cv_log_loss"] == stack["log_loss"]
+    # the nested split is seeded differently from the members' folds
+    nested = ens.make_folds(y, 5, 7 + 1)
+    assert not np.array_equal(nested, oof.folds)
+    # recompute by hand: stacker refit per outer training part
+    expected = np.zeros((120, 2))
+    for k in range(5):
+        tr, te = nested != k, nested == k
+        st = ens.fit_stacker([p[tr] for p in probs.values()], y[tr], 2)
+        expected[te] = ens._apply_stacker(st, [p[te] for p in probs.values()], 2)
+    assert stack["log_loss"] == pytest.approx(log_loss(expected, y))
+    assert result.method != "stack"
+
+
+def test_clip_is_chosen_on_oof_only(binary_oof):
+    oof, *_ = binary_oof
+    first = fit_ensemblers(oof, method="mean")
+    # replace the test predictions by extreme values: the clip must not move
+    oof.test = {n: np.tile([[1.0, 0.0]], (10, 1)) for n in oof.member_names}
+    second = fit_ensemblers(oof, method="mean")
+    assert first.clip == second.clip
+    assert first.clip_losses == second.clip_losses
+    assert not np.allclose(first.test_proba, second.test_proba)
+    assert set(first.clip_losses) == set(CLIP_GRID) and 0.005 in first.clip_losses
+    assert first.clip_losses[first.clip] == min(first.clip_losses.values())
+
+
+@pytest.mark.parametrize("p_true, expected", [
+    (1.0, 0.0),            # always right and certain: no clip
+    (0.999, 0.0),          # confident, right: clipping only hurts
+])
+def test_choose_clip_prefers_small_eps_when_confident_and_right(p_true, expected):
+    y = np.array([0, 1] * 50)
+    probs = np.where(y[:, None] == np.arange(2), p_true, 1 - p_true)
+    assert choose_clip(probs, y)[0] == expected
+
+
+def test_choose_clip_picks_large_eps_when_confidently_wrong_sometimes():
+    y = np.array([0, 1] * 50)
+    probs = np.where(y[:, None] == np.arange(2), 1.0, 0.0)
+    probs[:3] = probs[:3, ::-1]  # three certain mistakes
+    eps, losses = choose_clip(probs, y)
+    assert eps > 0.005 and losses[eps] < losses[0.0]
+
+
+def test_clip_probabilities_multiclass_renormalises():
+    p = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    c = clip_probabilities(p, 0.01)
+    np.testing.assert_allclose(c.sum(axis=1), 1.0)
+    assert c.min() > 0
+    assert clip_probabilities(np.array([0.0, 1.0]), 0.005).tolist() == [0.005, 0.995]
+    with pytest.raises(ValueError, match="clip=0.7"):
+        clip_probabilities(p, 0.7)
+
+
+def test_save_load_and_refit_ensemblers_without_any_head_fit(binary_oof, tmp_path, monkeypatch):
+    oof, *_ = binary_oof
+    path = oof.save(tmp_path / "oof.h5")
+    before = fit_ensemblers(oof)
+
+    from catdog_features import heads  # noqa: F401  (the real head must not be touched)
+
+    def boom(*a, **k):
+        raise AssertionError("a head was refitted")
+
+    monkeypatch.setattr("catdog_features.heads.DenseHead.fit", boom)
+    monkeypatch.setattr(ens, "default_estimator_factory", boom)
+    loaded = OOFPredictions.load(path)
+    assert loaded.key == oof.key and loaded.members == oof.members
+    np.testing.assert_array_equal(loaded.folds, oof.folds)
+    assert list(loaded.test_ids) == list(oof.test_ids)
+    after = fit_ensemblers(loaded)
+    assert after.method == before.method and after.clip == before.clip
+    np.testing.assert_allclose(after.test_proba, before.test_proba)
+    roundtrip = ens.EnsembleResult.from_dict(after.to_dict())
+    np.testing.assert_allclose(roundtrip.combine(loaded.test), after.test_proba)
+
+
+def test_multiclass_ensemble_with_all_methods():
+    train, test = make_features(n_per_class=20, n_classes=3, test=6, seed=1)
+    oof = fit_oof(MEMBERS, train, test, folds=3, estimator_factory=SpyLR, progress=False)
+    for method in ("mean", "blend", "stack", "auto"):
+        result = fit_ensemblers(oof, method=method)
+        assert result.test_proba.shape == (6, 3)
+        np.testing.assert_allclose(result.test_proba.sum(axis=1), 1.0)
+        assert {r["name"] for r in result.scores} == {"a", "b", "ab", "mean", "blend", "stack"}
+    assert "chosen:" in result.format_table()
+
+
+def test_oof_key_changes_with_members_and_features():
+    train, test = make_features(test=4)
+    base = oof_key(MEMBERS, train, test, 5, 0)
+    assert base == oof_key(MEMBERS, train, test, 5, 0)
+    changed = [dict(MEMBERS[0], params={"C": 2.0})] + MEMBERS[1:]
+    assert oof_key(changed, train, test, 5, 0) != base
+    assert oof_key(MEMBERS, train, test, 4, 0) != base
+    other = FeatureSet(train.ids, train.labels, train.class_names, {**train.features, "B0": train["B0"] + 1})
+    assert oof_key(MEMBERS, other, test, 5, 0) != base
+
+
+def test_members_from_sweep_trials_top_k_distinct():
+    trials = [
+        {"tid": 0, "status": "ok", "loss": 0.3, "params": {"dropout": 0.5}, "backbones": ["A"]},
+        {"tid": 1, "status": "fail", "loss": None, "params": {}, "backbones": ["A"]},
+        {"tid": 2, "status": "ok", "loss": 0.1, "params": {"dropout": 0.2}, "backbones": ["A", "B"]},
+        {"tid": 3, "status": "ok", "loss": 0.2, "params": {"dropout": 0.2}, "backbones": ["A", "B"]},
+        {"tid": 4, "status": "ok", "loss": 0.25, "params": {"dropout": 0.1}, "backbones": ["B"]},
+    ]
+    members = members_from_sweep(trials, top_k=2)
+    assert [m["name"] for m in members] == ["t2", "t4"]
+    assert members[0]["backbones"] == ["A", "B"]
+    with pytest.raises(ValueError, match="no successful trials"):
+        members_from_sweep([trials[1]])
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"name": "x"}, "backbones"),
+    ({"name": "x", "backbones": []}, "no backbones"),
+])
+def test_invalid_member_configs(bad, match):
+    train, _ = make_features()
+    with pytest.raises(ValueError, match=match):
+        fit_oof([bad], train, progress=False, estimator_factory=SpyLR)
