@@ -27,6 +27,7 @@ _LAZY = {
     "lr_find": "heads",
     "sweep": "search",
     "SweepResult": "search",
+    "default_space": "search",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
