@@ -1,0 +1,123 @@
+"""``catdog-features sweep``: Hyperopt TPE over dense-head settings and backbone subsets.
+
+Standard library only at module level (``--help`` must not import TensorFlow); the work is
+imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+HELP = "search head hyperparameters and backbone subsets with Hyperopt TPE (resumable)"
+DESCRIPTION = (
+    "Get the features of DATA (from the cache if `extract` ran before, else computed now), then "
+    "run a Hyperopt TPE sweep minimising validation log loss over the reference recipe's space "
+    "(SGD lr, decay, momentum, dropout) and the subset of backbones to concatenate. Every "
+    "finished trial is committed to a SQLite trials file at once; if the sweep is interrupted "
+    "(Ctrl-C, kill -9, power loss), run the same command again to resume. Raising --max-evals "
+    "and rerunning extends a finished sweep."
+)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), received {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="training images: Kaggle flat folder, folder per class, or a folder with labels.csv")
+    parser.add_argument("--cache", default="features_cache", help="feature cache folder (default: %(default)s)")
+    parser.add_argument("--labels-csv", default=None, help="labels.csv (id,<class>) for DATA")
+    parser.add_argument("--backbones", default=None, help="comma-separated backbone names (default: extract's default set)")
+    parser.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a weights file (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=None, help="input size for every backbone (default: each one's native size)")
+    parser.add_argument("--max-evals", type=int, default=100, help="total trials wanted in the trials file (default: %(default)s)")
+    parser.add_argument("--trials", default=None,
+                        help="SQLite trials file (default: <cache>/sweep-<hash of data and settings>.sqlite)")
+    parser.add_argument("--cv", type=_positive_int, default=None, help="k-fold CV objective (default: one hold-out split)")
+    parser.add_argument("--validation-split", type=_fraction, default=0.2, help="hold-out fraction (default: %(default)s)")
+    parser.add_argument("--no-search-backbones", action="store_true", help="always concatenate all backbones instead of searching subsets")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the heads and TPE (default: %(default)s)")
+    parser.add_argument("--epochs", type=_positive_int, default=None, help="max epochs per head (default: the space's, 200)")
+    parser.add_argument("--patience", type=_positive_int, default=None, help="early-stopping patience (default: the space's, 8)")
+    parser.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds")
+    parser.add_argument("--new", action="store_true", help="move an existing trials file aside and start a new sweep")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def default_trials_path(args, backbones) -> str:
+    """``<cache>/sweep-<hash>.sqlite``: one file per (data, features, objective) setting.
+
+    ``--max-evals`` and ``--timeout`` are left out, so rerunning with a larger budget extends
+    the same sweep; everything else that changes the trials' meaning gives another file.
+    """
+    key = {
+        "data": os.path.abspath(args.data),
+        "labels_csv": os.path.abspath(args.labels_csv) if args.labels_csv else None,
+        "backbones": list(backbones),
+        "weights": args.weights if args.weights.lower() in ("imagenet", "none") else os.path.abspath(args.weights),
+        "image_size": args.image_size or None,
+        "cv": args.cv,
+        "validation_split": None if args.cv else args.validation_split,
+        "search_backbones": not args.no_search_backbones,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "patience": args.patience,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(args.cache, f"sweep-{digest}.sqlite")
+
+
+def run(args) -> int:
+    from catdog_features.extract import extract_features
+    from catdog_features.search import sweep
+
+    if args.max_evals < 0:
+        raise ValueError(f"Received --max-evals {args.max_evals}; expected an integer >= 0.")
+    weights = None if args.weights.lower() == "none" else args.weights
+    kwargs = {}
+    if args.backbones:
+        from catdog_features.backbones import parse_backbones
+
+        kwargs["backbones"] = parse_backbones(args.backbones)
+    fs = extract_features(
+        args.data, cache_dir=args.cache, weights=weights, image_size=args.image_size or None,
+        labels_csv=args.labels_csv, progress=not args.quiet, **kwargs,
+    )
+    if fs.labels is None:
+        raise ValueError(f"The images in {args.data!r} have no labels; a sweep needs a labeled training set.")
+    trials = args.trials or default_trials_path(args, fs.backbones)
+    print(f"features: {fs!r}")
+    print(f"trials file: {trials}")
+    head_params = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience)) if v is not None}
+    result = sweep(
+        fs, max_evals=args.max_evals, trials_path=trials, search_backbones=not args.no_search_backbones,
+        cv=args.cv, validation_split=args.validation_split, random_state=args.seed,
+        head_params=head_params or None, progress=not args.quiet, timeout=args.timeout, new=args.new,
+    )
+    if args.quiet:
+        print(result.format_table())
+    n = len(result.trials)
+    if result.best_trial is not None:
+        print(f"best val log loss {result.best_loss:.5f} with backbones {'+'.join(result.best_backbones) or '-'} "
+              f"and {json.dumps(result.best_params, sort_keys=True)}")
+    else:
+        print("no successful trial yet", file=sys.stderr)
+    if n < args.max_evals:
+        print(f"{n}/{args.max_evals} trials done; run the same command again to resume.")
+    else:
+        print(f"{n} trials in {trials}; to extend the sweep, run the same command with a larger --max-evals.")
+    return 1 if result.trials and result.best_trial is None else 0  # every trial failed: say so in the exit code
