@@ -33,6 +33,8 @@ _KAGGLE_NAME = re.compile(r"^(cat|dog)\.(\d+)$", re.IGNORECASE)
 _DIGITS = re.compile(r"(\d+)")
 
 LAYOUTS = ("kaggle", "folder-per-class", "labels-csv", "unlabeled", "list")
+# Sub-folder names that mean "dataset split", not "class" (when train/ is one of them).
+_SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation"})
 
 
 def natural_key(text: str):
@@ -84,13 +86,16 @@ class ImageSet:
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
+        ids = self.ids[index]
+        kept = set(ids.tolist())
         return ImageSet(
-            ids=self.ids[index],
+            ids=ids,
             paths=tuple(self.paths[i] for i in index),
             labels=None if self.labels is None else self.labels[index],
             class_names=self.class_names,
             layout=self.layout,
             root=self.root,
+            missing=tuple(m for m in self.missing if m in kept),
         )
 
 
@@ -103,7 +108,9 @@ def _list_images(folder: Path) -> list:
 
 
 def _sorted(ids, paths, labels):
-    order = sorted(range(len(ids)), key=lambda i: natural_key(ids[i]))
+    # The raw id and path break ties between ids with equal natural keys ("01" and "1",
+    # "A" and "a"), so the order never depends on the order the file system lists files in.
+    order = sorted(range(len(ids)), key=lambda i: (natural_key(ids[i]), ids[i], str(paths[i])))
     ids = np.array([ids[i] for i in order], dtype=str)
     paths = tuple(str(paths[i]) for i in order)
     labels = None if labels is None else np.array([labels[i] for i in order], dtype=np.int64)
@@ -153,9 +160,12 @@ def _read_labels_csv(csv_path: Path):
             header = next(reader)
         except StopIteration:
             raise ValueError(f"labels file {str(csv_path)!r} is empty; expected a header 'id,<class>'.")
-        if len(header) < 2:
+        if len(header) != 2:
+            # More columns is usually a one-column-per-class file such as
+            # sample_submission.csv, whose probabilities must not be read as class names.
             raise ValueError(
-                f"labels file {str(csv_path)!r} has header {header}; expected two columns such as 'id,breed'."
+                f"labels file {str(csv_path)!r} has header {header[:6]}{' ...' if len(header) > 6 else ''} "
+                f"({len(header)} columns); expected two columns such as 'id,breed'."
             )
         rows = []
         for lineno, row in enumerate(reader, start=2):
@@ -168,21 +178,43 @@ def _read_labels_csv(csv_path: Path):
             rows.append((row[0].strip(), row[1].strip()))
     if not rows:
         raise ValueError(f"labels file {str(csv_path)!r} has no rows.")
-    return rows
+    return [c.strip() for c in header], rows
 
 
 def _from_labels_csv(csv_path: Path, image_dir: Path) -> ImageSet:
-    rows = _read_labels_csv(csv_path)
+    header, rows = _read_labels_csv(csv_path)
     _check_unique([r[0] for r in rows], str(csv_path))
-    by_stem = {}
+    by_stem, by_name = {}, {}
     if image_dir.is_dir():
         for p in _list_images(image_dir):
-            by_stem.setdefault(p.stem, p)
+            by_stem.setdefault(p.stem, []).append(p)
+            by_name[p.name] = p
+    if header[0] in by_stem or header[0] in by_name:
+        raise ValueError(
+            f"labels file {str(csv_path)!r} seems to have no header: its first line {header} names "
+            f"an image in {str(image_dir)!r}. Expected a header line such as 'id,breed' first."
+        )
+    found = {}
+    for image_id, _ in rows:
+        candidates = by_stem.get(image_id) or ([by_name[image_id]] if image_id in by_name else [])
+        if len(candidates) > 1:
+            names = sorted(p.name for p in candidates)
+            raise ValueError(
+                f"Duplicate image files for id {image_id!r} in {str(image_dir)!r}: {names}. "
+                "Expected one file per id (e.g. not both 12.jpg and 12.png)."
+            )
+        if candidates:
+            found[image_id] = candidates[0]
+    if not found:
+        raise FileNotFoundError(
+            f"None of the {len(rows)} ids in {str(csv_path)!r} has an image in {str(image_dir)!r} "
+            f"(e.g. {rows[0][0]!r}). Expected files named <id>.jpg (or another image extension) there."
+        )
     class_names = tuple(sorted({cls for _, cls in rows}))
     index = {c: i for i, c in enumerate(class_names)}
     ids, paths, labels, missing = [], [], [], []
     for image_id, cls in rows:
-        path = by_stem.get(image_id)
+        path = found.get(image_id)
         if path is None:
             # Keep the row: the reader turns it into a "file not found" failure record,
             # so rows + failures == inputs still holds and nothing is silently dropped.
@@ -240,14 +272,30 @@ def load_dataset(
     Raises
     ------
     FileNotFoundError
-        If the folder does not exist.
+        If the folder (or ``labels_csv``) does not exist, or no id of the labels.csv has
+        an image file.
     ValueError
-        If the folder has no images, or mixes layouts.
+        If the folder has no images; mixes layouts (Kaggle names with other names, or
+        image files with class sub-folders); holds dataset splits (``train/`` with
+        ``test/`` or ``val/``) instead of classes; has a single class folder; has
+        duplicate ids; or its labels.csv does not have exactly two columns ``id,<class>``.
+
+    Notes
+    -----
+    labels.csv ids are matched to file stems (``abc`` -> ``abc.jpg``) or to full file
+    names (``abc.jpg``). An id without a file stays in the set (with the path it would
+    have) and is listed in ``ImageSet.missing``; the reader then records it as a failure.
     """
     if isinstance(source, ImageSet):
         return source
     if not isinstance(source, (str, os.PathLike)):
-        paths = [Path(p).absolute() for p in source]
+        try:
+            paths = [Path(p).absolute() for p in source]
+        except TypeError:
+            raise TypeError(
+                f"Invalid source. Received: source={source!r}; expected a folder, a list of image "
+                "paths or an ImageSet."
+            ) from None
         if not paths:
             raise ValueError("Received an empty list of image paths; expected at least one image.")
         return _from_paths(paths, None, layout_hint="list")
@@ -276,8 +324,20 @@ def load_dataset(
         d for d in sorted(root.iterdir())
         if d.is_dir() and not d.name.startswith(".") and any(_is_image(p) for p in d.iterdir())
     ]
+    if files and class_dirs:
+        raise ValueError(
+            f"Folder {str(root)!r} has both image files (e.g. {sorted(p.name for p in files)[:3]}) and "
+            f"sub-folders with images ({[d.name for d in class_dirs][:5]}). Expected either images "
+            "directly in it (Kaggle-named or an unlabeled test folder) or one sub-folder per class."
+        )
     if files:
         return _from_paths(files, str(root))
+    split_names = {d.name.lower() for d in class_dirs} & _SPLIT_NAMES
+    if "train" in split_names and len(split_names) > 1:
+        raise ValueError(
+            f"Folder {str(root)!r} holds dataset splits {sorted(d.name for d in class_dirs)}, not classes. "
+            f"Expected the training folder itself, e.g. {str(root / 'train')!r}."
+        )
     if class_dirs:
         if len(class_dirs) < 2:
             raise ValueError(
