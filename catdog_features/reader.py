@@ -29,15 +29,18 @@ Numerics (what :data:`READER_VERSION` stands for)
 * **Format** is decided by content, not by the file extension.
 * **Resize**: Pillow ``Image.resize((size, size), Image.BILINEAR)`` on the uint8 image --
   the triangle filter of Pillow, which widens with the scale factor (so downscaling is
-  antialiased), and rounds to uint8. The aspect ratio is not kept, as with Keras
-  ``load_img(path, target_size=(size, size), interpolation="bilinear")``.
+  antialiased), and rounds to uint8. The aspect ratio is not kept. For an RGB JPEG
+  without EXIF rotation or draft this is bit-identical to Keras
+  ``img_to_array(load_img(path, target_size=(size, size), interpolation="bilinear"))``
+  (checked on the sample data at 224 and 299).
 * **JPEG draft**: a JPEG whose short side is at least ``2 * DRAFT_MARGIN * size`` is decoded
   by libjpeg at a reduced scale (1/2, 1/4 or 1/8, the largest that keeps the short side
   >= ``DRAFT_MARGIN * size``) before the bilinear resize. The scale depends only on the
   image and on ``size`` -- never on which other sizes are requested together -- so the
   array for one size is the same whatever backbones share the decode. Sizes that need
   different scales get one decode each (rare: only for large JPEGs whose scale boundary
-  falls between the sizes). For 12-megapixel photos this makes reading about 2.5x faster.
+  falls between the sizes). A 12-megapixel photo read for sizes 224 and 299 took 108 ms
+  instead of 480 ms (measured on a busy 2-core machine).
 
 Failures
 --------
@@ -49,6 +52,9 @@ are rejected even if some other code has set Pillow's global
 for the decoder running out of data itself. The pixel limit :data:`MAX_PIXELS` is checked
 from the header, before any pixel is decoded; Pillow's global ``Image.MAX_IMAGE_PIXELS``
 is left alone (if a caller lowered it, Pillow's own stricter error is honoured too).
+For images above Pillow's 89.5 MP threshold, Pillow may print its own
+``DecompressionBombWarning`` (once per process) before the reader rejects the file;
+silencing it would need the process-wide warnings filter, which threads cannot safely change.
 
 Nothing here mutates global state at import time.
 """
@@ -253,7 +259,7 @@ def _read_file(path: str) -> bytes:
         raise ImageReadError(REASON_TOO_LARGE, path, f"{st.st_size} bytes > {MAX_FILE_BYTES}")
     try:
         with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+            data = fh.read()
     except FileNotFoundError as e:  # removed since stat()
         raise ImageReadError(REASON_NOT_FOUND, path, e.strerror) from None
     except PermissionError as e:
@@ -264,8 +270,8 @@ def _read_file(path: str) -> bytes:
         raise ImageReadError(REASON_UNREADABLE, path, str(e)) from None
     if not data:
         raise ImageReadError(REASON_EMPTY, path)
-    if len(data) > MAX_FILE_BYTES:
-        raise ImageReadError(REASON_TOO_LARGE, path, f"more than {MAX_FILE_BYTES} bytes")
+    if len(data) > MAX_FILE_BYTES:  # grew since stat()
+        raise ImageReadError(REASON_TOO_LARGE, path, f"{len(data)} bytes > {MAX_FILE_BYTES}")
     return data
 
 
@@ -544,9 +550,6 @@ class ReadBatch:
     ok: np.ndarray
     images: Dict[int, np.ndarray]
     failures: List[Tuple[int, str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ok)
 
 
 def default_num_workers() -> int:
