@@ -31,6 +31,17 @@ _LAZY = {
     "sweep": "search",
     "SweepResult": "search",
     "default_space": "search",
+    "fit_oof": "ensemble",
+    "fit_ensemblers": "ensemble",
+    "members_from_sweep": "ensemble",
+    "OOFPredictions": "ensemble",
+    "EnsembleResult": "ensemble",
+    "write_submission": "submission",
+    "load_config": "config",
+    "RunConfig": "config",
+    "run_pipeline": "pipeline",
+    "predict_folder": "pipeline",
+    "RunDir": "rundir",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
