@@ -769,6 +769,8 @@ def sweep(
             if random_state is None:
                 random_state = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         random_state = int(random_state)
+        # planned (and validated) before anything is written to the trials file
+        order, bounds = _plan_folds(sdata.y, cv, validation_split, random_state)
         meta = {
             "format": FORMAT,
             "space": describe_space(user_space),
@@ -785,7 +787,6 @@ def sweep(
         if moved is not None and progress:
             print(f"moved the old trials file aside to {moved}", file=sys.stderr)
 
-        order, bounds = _plan_folds(sdata.y, cv, validation_split, random_state)
         y_ord = sdata.y[order]
         all_labels = np.arange(len(sdata.classes))
         concat = _ConcatCache(sdata, order)

@@ -263,11 +263,13 @@ def test_second_sweep_on_the_same_file_fails_fast(tmp_path, fast_head):
     ({"y": np.zeros(90)}, "single class"),
     ({"y": np.arange(89) % 2}, "different lengths"),
 ])
-def test_bad_arguments(fast_head, kwargs, message):
+def test_bad_arguments(fast_head, tmp_path, kwargs, message):
     blocks, y = make_blocks()
     kwargs = {"y": y, **kwargs}
     with pytest.raises(ValueError, match=message):
-        sweep(blocks, max_evals=1, progress=False, **kwargs)
+        sweep(blocks, max_evals=1, progress=False, trials_path=tmp_path / "t.sqlite", **kwargs)
+    # nothing was recorded, so the corrected call starts cleanly on the same file
+    assert len(sweep(blocks, y, max_evals=1, progress=False, trials_path=tmp_path / "t.sqlite").trials) == 1
 
 
 def test_to_frame_needs_pandas_or_says_so(fast_head):

@@ -30,6 +30,13 @@ def _positive_int(text):
     return value
 
 
+def _folds(text):
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 folds, received {text!r}")
+    return value
+
+
 def _fraction(text):
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -47,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-evals", type=int, default=100, help="total trials wanted in the trials file (default: %(default)s)")
     parser.add_argument("--trials", default=None,
                         help="SQLite trials file (default: <cache>/sweep-<hash of data and settings>.sqlite)")
-    parser.add_argument("--cv", type=_positive_int, default=None, help="k-fold CV objective (default: one hold-out split)")
+    parser.add_argument("--cv", type=_folds, default=None, help="k-fold CV objective (default: one hold-out split)")
     parser.add_argument("--validation-split", type=_fraction, default=0.2, help="hold-out fraction (default: %(default)s)")
     parser.add_argument("--no-search-backbones", action="store_true", help="always concatenate all backbones instead of searching subsets")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the heads and TPE (default: %(default)s)")

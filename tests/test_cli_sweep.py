@@ -1,0 +1,76 @@
+"""``catdog-features sweep`` on a tiny generated dataset with random-init backbones."""
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from catdog_features.cli import main
+
+# two small random-init backbones at their minimum size: fast to extract, a real subset choice
+BASE = ["--backbones", "MobileNetV2,VGG16", "--weights", "none", "--image-size", "32",
+        "--epochs", "3", "--patience", "2", "--quiet"]
+
+
+def n_trials(path):
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+
+
+def trials_line(out):
+    return next(line for line in out.splitlines() if line.startswith("trials file: ")).split(": ", 1)[1]
+
+
+def test_sweep_command_runs_resumes_and_extends(kaggle_dir, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv = ["sweep", "--data", str(kaggle_dir / "train"), "--cache", str(cache), *BASE]
+    assert main([*argv, "--max-evals", "3"]) == 0
+    out = capsys.readouterr().out
+    path = trials_line(out)
+    assert path.startswith(str(cache)) and path.endswith(".sqlite")
+    assert n_trials(path) == 3
+    assert "top 3 of 3 trials" in out and "best val log loss" in out and "--max-evals" in out
+
+    # same command, bigger budget: same trials file (found again from the settings), 2 more trials
+    assert main([*argv, "--max-evals", "5"]) == 0
+    out = capsys.readouterr().out
+    assert trials_line(out) == path and n_trials(path) == 5
+
+    # a different objective is another sweep: another default trials file
+    assert main([*argv, "--max-evals", "1", "--cv", "2"]) == 0
+    assert trials_line(capsys.readouterr().out) != path
+
+
+def test_sweep_command_explicit_trials_file_and_mismatch(kaggle_dir, tmp_path, capsys):
+    cache, trials = tmp_path / "cache", tmp_path / "my-trials.sqlite"
+    argv = ["sweep", "--data", str(kaggle_dir / "train"), "--cache", str(cache), "--trials", str(trials), *BASE]
+    assert main([*argv, "--max-evals", "2", "--no-search-backbones"]) == 0
+    assert n_trials(trials) == 2
+    capsys.readouterr()
+    # the same file with the subset search switched on: refused, naming the difference
+    assert main([*argv, "--max-evals", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "different sweep" in err and "space['backbones']" in err and "--new" in err
+    assert main([*argv, "--max-evals", "2", "--new"]) == 0
+    assert n_trials(trials) == 2 and len(list(tmp_path.glob("my-trials.*.bak.sqlite"))) == 1
+
+
+def test_sweep_help_does_not_import_tensorflow():
+    code = ("import sys\nfrom catdog_features.cli import build_parser\n"
+            "try:\n    build_parser().parse_args(['sweep', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'tensorflow' not in sys.modules and 'hyperopt' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--max-evals" in done.stdout and "--no-search-backbones" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--validation-split", "1.5"], "fraction in (0, 1)"),
+    (["--cv", "1"], "integer >= 2 folds"),
+    (["--epochs", "0"], "integer >= 1"),
+])
+def test_sweep_command_rejects_bad_options(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--data", str(tmp_path), *args])
+    assert message in capsys.readouterr().err
