@@ -220,6 +220,64 @@ def _assemble(images: ImageSet, datas: Mapping[str, _cache.EntryData], names: Se
     )
 
 
+# --------------------------------------------------------------------------- preparation
+@dataclass
+class _Prepared:
+    images: ImageSet
+    names: Tuple[str, ...]
+    specs: Dict[str, BackboneSpec]
+    sizes: Dict[str, int]
+    weights: Dict[str, object]
+    hashes: List[str]
+    configs: Dict[str, dict]
+    paths: Dict[str, Path]
+    cache_dir: Path
+    hash_seconds: float
+
+
+def _prepare(source, backbones, cache_dir, weights, image_size, labels_csv, view) -> _Prepared:
+    """Validate the arguments, list and hash the images, fingerprint every entry (no TF)."""
+    names = parse_backbones(backbones)
+    specs = {name: get_backbone(name) for name in names}
+    if view not in VIEWS:
+        raise ValueError(f"Unknown view. Received: view={view!r}; expected one of {VIEWS}.")
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 0
+    ):
+        raise ValueError(f"Invalid image_size. Received: image_size={image_size!r}; expected None, 0 or a positive int.")
+    sizes = {name: spec.resolve_size(image_size) for name, spec in specs.items()}
+    per_weights = _resolve_weights(names, weights)
+    images = load_dataset(source, labels_csv=labels_csv)
+    n = len(images)
+    if n == 0:
+        raise ValueError("Received an empty image set; expected at least one image.")
+    t0 = time.perf_counter()
+    hashes = _cache.hash_files(images.paths)
+    digest = _cache.images_digest(list(images.ids), hashes)
+    hash_seconds = time.perf_counter() - t0
+    versions = _cache.library_versions()
+    cache_dir = Path(cache_dir).expanduser().absolute()
+    configs, paths = {}, {}
+    for name, spec in specs.items():
+        config = _cache.entry_config(spec, weights_identity(per_weights[name]), sizes[name], view, digest, n, versions)
+        configs[name] = config
+        paths[name] = cache_dir / _cache.entry_filename(config)
+    return _Prepared(images, names, specs, sizes, per_weights, hashes, configs, paths, cache_dir, hash_seconds)
+
+
+def cache_entries(source, backbones: Sequence[str] = DEFAULT_BACKBONES, cache_dir="features_cache",
+                  weights="imagenet", image_size: Optional[int] = None, labels_csv=None,
+                  view: str = "plain") -> Dict[str, Path]:
+    """The cache file each backbone's features of ``source`` live in (or would), without extracting.
+
+    Same arguments as :func:`extract_features`. Hashes the images' bytes but builds no model
+    and does not import TensorFlow. Whether a file exists and is complete tells whether
+    :func:`extract_features` would be a cache hit.
+    """
+    prep = _prepare(source, backbones, cache_dir, weights, image_size, labels_csv, view)
+    return dict(prep.paths)
+
+
 # --------------------------------------------------------------------------- main entry
 def extract_features(
     source,
@@ -312,40 +370,16 @@ def extract_with_report(
     the lock held by pid N".
     """
     t_start = time.perf_counter()
-    names = parse_backbones(backbones)
-    specs = {name: get_backbone(name) for name in names}
     batch_size = _check_positive_int(batch_size, "batch_size")
-    if view not in VIEWS:
-        raise ValueError(f"Unknown view. Received: view={view!r}; expected one of {VIEWS}.")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 0):
-        raise ValueError(f"Invalid image_size. Received: image_size={image_size!r}; expected None, 0 or a positive int.")
-    sizes = {name: spec.resolve_size(image_size) for name, spec in specs.items()}
-    per_weights = _resolve_weights(names, weights)
-    images = load_dataset(source, labels_csv=labels_csv)
-    n = len(images)
-    if n == 0:
-        raise ValueError("Received an empty image set; expected at least one image.")
-
-    # -- fingerprints -----------------------------------------------------------------
-    t0 = time.perf_counter()
-    hashes = _cache.hash_files(images.paths)
-    digest = _cache.images_digest(list(images.ids), hashes)
-    hash_seconds = time.perf_counter() - t0
-    versions = _cache.library_versions()
-    cache_dir = Path(cache_dir).expanduser().absolute()
-    configs, paths = {}, {}
-    for name, spec in specs.items():
-        config = _cache.entry_config(spec, weights_identity(per_weights[name]), sizes[name], view, digest, n, versions)
-        configs[name] = config
-        paths[name] = cache_dir / _cache.entry_filename(config)
-
+    prep = _prepare(source, backbones, cache_dir, weights, image_size, labels_csv, view)
+    images, names, n = prep.images, prep.names, len(prep.images)
     reports = {
-        name: BackboneReport(name, sizes[name], specs[name].dim, str(paths[name]), cache_hit=False)
+        name: BackboneReport(name, prep.sizes[name], prep.specs[name].dim, str(prep.paths[name]), cache_hit=False)
         for name in names
     }
     datas: Dict[str, _cache.EntryData] = {}
     for name in names:  # lock-free fast path: complete entries
-        data = _cache.read_complete(paths[name], _cache.fingerprint(configs[name]), n)
+        data = _cache.read_complete(prep.paths[name], _cache.fingerprint(prep.configs[name]), n)
         if data is not None:
             datas[name] = data
             reports[name].cache_hit = True
@@ -354,24 +388,24 @@ def extract_with_report(
     processed, pass_seconds = 0, 0.0
     todo = [name for name in names if name not in datas]
     if todo:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        prep.cache_dir.mkdir(parents=True, exist_ok=True)
         processed, pass_seconds = _compute(
-            images, hashes, todo, specs, sizes, per_weights, configs, paths, batch_size, view,
-            num_workers, progress, lock_timeout, on_message, datas, reports,
+            prep, todo, batch_size, view, num_workers, progress, lock_timeout, on_message, datas, reports
         )
 
     fs = _assemble(images, datas, names, {name: reports[name].cache_hit for name in names})
     report = ExtractionReport(
         n_inputs=n, n_rows=len(fs), failed=list(fs.failed), backbones=reports, view=view,
         seconds=time.perf_counter() - t_start, pass_seconds=pass_seconds, processed=processed,
-        hash_seconds=hash_seconds,
+        hash_seconds=prep.hash_seconds,
     )
     return fs, report
 
 
-def _compute(images, hashes, todo, specs, sizes, per_weights, configs, paths, batch_size, view,
-             num_workers, progress, lock_timeout, on_message, datas, reports) -> Tuple[int, float]:
+def _compute(prep, todo, batch_size, view, num_workers, progress, lock_timeout, on_message, datas,
+             reports) -> Tuple[int, float]:
     """Lock, open/resume the entries in ``todo``, run the pass, fill ``datas``."""
+    images, specs, sizes, paths, configs = prep.images, prep.specs, prep.sizes, prep.paths, prep.configs
     n = len(images)
     with contextlib.ExitStack() as stack:
         # Locks in a fixed (path) order, so two processes asking for overlapping
@@ -381,7 +415,7 @@ def _compute(images, hashes, todo, specs, sizes, per_weights, configs, paths, ba
         writers: Dict[str, _cache.EntryWriter] = {}
         for name in todo:
             writer = _cache.EntryWriter.open(
-                paths[name], configs[name], n, specs[name].dim, list(images.ids), hashes,
+                paths[name], configs[name], n, specs[name].dim, list(images.ids), prep.hashes,
                 labels=images.labels, batch_size=batch_size, input_paths=images.paths,
             )
             stack.callback(writer.close)
@@ -396,7 +430,7 @@ def _compute(images, hashes, todo, specs, sizes, per_weights, configs, paths, ba
         mappers: Dict[str, Mapper] = {}
         for name in dict.fromkeys(b for seg in plan for b in seg.backbones):
             t0 = time.perf_counter()
-            mappers[name] = Mapper(specs[name], per_weights[name], sizes[name], batch_size)
+            mappers[name] = Mapper(specs[name], prep.weights[name], sizes[name], batch_size)
             reports[name].build_seconds = time.perf_counter() - t0
 
         processed, pass_seconds = 0, 0.0
