@@ -9,6 +9,7 @@ TensorFlow/Keras are imported inside the functions that need them, so importing 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
@@ -92,6 +93,34 @@ def _jsonable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return None
+
+
+@contextlib.contextmanager
+def _released_custom_gradients():
+    """Drop the gradient functions TensorFlow registers globally while a head trains.
+
+    Keras 3's TensorFlow optimizer all-reduces gradients through ``tf.custom_gradient``,
+    and every trace of a train step registers a ``CustomGradient-N`` function in TF's
+    process-global gradient registry that is never removed; it closes over the traced
+    graph, so each fitted model leaked ~5 MB (see experiments/bench_head_memory.py).
+    ``keras.backend.clear_session()`` does not touch that registry. The functions are only
+    consulted while a step is being traced, and the head traces only inside ``fit``, so
+    once training is over the entries added during it are removed.
+    """
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+
+        registry = tf_ops._gradient_registry._registry
+    except (ImportError, AttributeError):  # pragma: no cover - a TF without this layout
+        registry = None
+    before = set(registry) if registry is not None else ()
+    try:
+        yield
+    finally:
+        if registry is not None:
+            for name in list(registry):
+                if name.startswith("CustomGradient-") and name not in before:
+                    registry.pop(name, None)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -410,13 +439,15 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
         y_fit = (y_enc.reshape(-1, 1).astype(np.float32) if n_classes == 2 else y_enc.astype(np.int32))
         bs = p["batch_size"]
-        train_ds = _index_dataset(train_idx, X, y_fit, bs, shuffle_seed=shuffle_seed, shuffle=True)
+        sources = [_RowSource(X, y_fit)]
+        train_ds = sources[0].dataset(train_idx, bs, shuffle_seed=shuffle_seed, shuffle=True)
         val_ds = None
         if validation_data is not None:
             yv_fit = (yv.reshape(-1, 1).astype(np.float32) if n_classes == 2 else yv.astype(np.int32))
-            val_ds = _index_dataset(np.arange(len(Xv)), Xv, yv_fit, max(bs, 1024))
+            sources.append(_RowSource(Xv, yv_fit))
+            val_ds = sources[1].dataset(np.arange(len(Xv)), max(bs, 1024))
         elif validating:
-            val_ds = _index_dataset(val_idx, X, y_fit, max(bs, 1024))
+            val_ds = sources[0].dataset(val_idx, max(bs, 1024))
 
         steps_per_epoch = -(-len(train_idx) // bs)
         model = self._build_model(p, X.shape[1], n_classes, layer_seeds)
@@ -447,14 +478,19 @@ class DenseHead(ClassifierMixin, BaseEstimator):
                     patience=max(1, p["patience"] // 2), min_lr=p["lr"] * 1e-6,
                 )
             )
-        hist = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=p["epochs"],
-            callbacks=callbacks,
-            shuffle=False,  # train_ds is already shuffled, reproducibly
-            verbose=self.verbose,
-        )
+        try:
+            with _released_custom_gradients():
+                hist = model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=p["epochs"],
+                    callbacks=callbacks,
+                    shuffle=False,  # train_ds is already shuffled, reproducibly
+                    verbose=self.verbose,
+                )
+        finally:
+            for source in sources:
+                source.release()
         self.history_ = {"loss": [float(v) for v in hist.history.get("loss", [])]}
         if validating:
             self.history_["val_loss"] = [float(v) for v in hist.history.get("val_loss", [])]
@@ -568,34 +604,70 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         return head
 
 
-def _index_dataset(indices, X, y, batch_size, shuffle_seed=None, shuffle=False):
-    """tf.data pipeline of (X[idx], y[idx]) batches for the given row indices of NumPy arrays.
+class _RowSource:
+    """The NumPy arrays a head's tf.data pipelines gather batches from, released after fit.
 
-    Only the indices live in TensorFlow; each batch's rows are gathered from the caller's
-    arrays by ``tf.numpy_function``. ``tf.convert_to_tensor(X)`` would copy the whole
-    matrix (twice, transiently: TensorFlow copies NumPy input defensively), and a
-    ``shuffle`` buffer of rows would hold another copy; this holds none, at the same speed.
+    ``tf.numpy_function`` called outside a ``tf.function`` (as tf.data map functions are)
+    keeps its Python callable alive in TensorFlow's global default graph for the life of
+    the process. Going through this holder, what stays behind after :meth:`release` is an
+    empty object, not the feature matrix; :meth:`release` also unhooks the callables from
+    that graph where TensorFlow's layout allows.
     """
-    import tensorflow as tf
 
-    n_features = X.shape[1]
-    y_shape = (None,) + y.shape[1:]
+    def __init__(self, X, y):
+        self.X = X
+        self.y = y
 
-    def gather(idx):
-        return X[idx], y[idx]
+    def gather(self, idx):
+        return self.X[idx], self.y[idx]
 
-    def tf_gather(idx):
-        xb, yb = tf.numpy_function(gather, [idx], (tf.as_dtype(X.dtype), tf.as_dtype(y.dtype)), stateful=False)
-        xb.set_shape((None, n_features))
-        yb.set_shape(y_shape)
-        return xb, yb
+    def dataset(self, indices, batch_size, shuffle_seed=None, shuffle=False):
+        """tf.data pipeline of ``(X[idx], y[idx])`` batches over ``indices``.
 
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, dtype=np.int64))
-    if shuffle:
-        # An op-level seed makes the sequence of per-epoch permutations reproducible without
-        # touching TensorFlow's global seed; seed=None -> a fresh order each run.
-        ds = ds.shuffle(len(indices), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(tf_gather).prefetch(2)
+        Only the indices live in TensorFlow; rows are gathered from the caller's arrays.
+        ``tf.convert_to_tensor(X)`` would copy the whole matrix (twice, transiently:
+        TensorFlow copies NumPy input defensively) and a ``shuffle`` buffer of rows would
+        hold another copy; this holds none, at the same speed.
+        """
+        import tensorflow as tf
+
+        n_features = self.X.shape[1]
+        y_shape = (None,) + self.y.shape[1:]
+        dtypes = (tf.as_dtype(self.X.dtype), tf.as_dtype(self.y.dtype))
+
+        def tf_gather(idx):
+            xb, yb = tf.numpy_function(self.gather, [idx], dtypes, stateful=False)
+            xb.set_shape((None, n_features))
+            yb.set_shape(y_shape)
+            return xb, yb
+
+        ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, dtype=np.int64))
+        if shuffle:
+            # An op-level seed makes the sequence of per-epoch permutations reproducible
+            # without touching TensorFlow's global seed; seed=None -> a fresh order each run.
+            ds = ds.shuffle(len(indices), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).map(tf_gather).prefetch(2)
+
+    def release(self):
+        self.X = self.y = None
+        try:
+            from tensorflow.python.framework import ops as tf_ops
+
+            graph = tf_ops.get_default_graph()
+            funcs = getattr(graph, "_py_funcs_used_in_graph", None)
+        except (ImportError, AttributeError):  # pragma: no cover - a TF without this layout
+            funcs = None
+        if funcs:
+            funcs[:] = [f for f in funcs if not self._owns(f)]
+
+    def _owns(self, func):
+        for _ in range(8):  # unwrap autograph/decorator wrappers
+            if getattr(func, "__self__", None) is self:
+                return True
+            func = getattr(func, "__wrapped__", None)
+            if func is None:
+                return False
+        return False
 
 
 # ---------------------------------------------------------------------------- lr_find
@@ -711,21 +783,22 @@ def lr_find(
     taken, raw, smooth = [], [], []
     avg, best = 0.0, np.inf
     perm, pos = rng.permutation(len(X)), 0
-    for i, lr in enumerate(lrs):
-        if pos + bs > len(perm):
-            perm, pos = rng.permutation(len(X)), 0
-        idx = np.sort(perm[pos : pos + bs])
-        pos += bs
-        model.optimizer.learning_rate = float(lr)
-        loss = float(np.asarray(model.train_on_batch(X[idx], y_fit[idx])).ravel()[0])
-        avg = smoothing * avg + (1 - smoothing) * loss
-        s = avg / (1 - smoothing ** (i + 1))
-        taken.append(float(lr))
-        raw.append(loss)
-        smooth.append(s)
-        if not np.isfinite(s) or (i > 0 and s > diverge_factor * best):
-            break
-        best = min(best, s)
+    with _released_custom_gradients():
+        for i, lr in enumerate(lrs):
+            if pos + bs > len(perm):
+                perm, pos = rng.permutation(len(X)), 0
+            idx = np.sort(perm[pos : pos + bs])
+            pos += bs
+            model.optimizer.learning_rate = float(lr)
+            loss = float(np.asarray(model.train_on_batch(X[idx], y_fit[idx])).ravel()[0])
+            avg = smoothing * avg + (1 - smoothing) * loss
+            s = avg / (1 - smoothing ** (i + 1))
+            taken.append(float(lr))
+            raw.append(loss)
+            smooth.append(s)
+            if not np.isfinite(s) or (i > 0 and s > diverge_factor * best):
+                break
+            best = min(best, s)
     del model
     lrs_taken, losses, raw = np.asarray(taken), np.asarray(smooth), np.asarray(raw)
 
