@@ -13,6 +13,12 @@ BASE = ["--backbones", "MobileNetV2,VGG16", "--weights", "none", "--image-size",
         "--epochs", "3", "--patience", "2", "--quiet"]
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One feature cache for the module: the first sweep extracts, the later ones hit the cache."""
+    return tmp_path_factory.mktemp("cache")
+
+
 def n_trials(path):
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
@@ -22,28 +28,37 @@ def trials_line(out):
     return next(line for line in out.splitlines() if line.startswith("trials file: ")).split(": ", 1)[1]
 
 
-def test_sweep_command_runs_resumes_and_extends(kaggle_dir, tmp_path, capsys):
-    cache = tmp_path / "cache"
+def test_sweep_command_runs_resumes_and_extends(kaggle_dir, cache, capsys):
     argv = ["sweep", "--data", str(kaggle_dir / "train"), "--cache", str(cache), *BASE]
-    assert main([*argv, "--max-evals", "3"]) == 0
+    assert main([*argv, "--max-evals", "2"]) == 0
     out = capsys.readouterr().out
     path = trials_line(out)
     assert path.startswith(str(cache)) and path.endswith(".sqlite")
-    assert n_trials(path) == 3
-    assert "top 3 of 3 trials" in out and "best val log loss" in out and "--max-evals" in out
+    assert n_trials(path) == 2
+    assert "top 2 of 2 trials" in out and "best val log loss" in out and "--max-evals" in out
 
-    # same command, bigger budget: same trials file (found again from the settings), 2 more trials
-    assert main([*argv, "--max-evals", "5"]) == 0
+    # same command, bigger budget: same trials file (found again from the settings), 1 more trial
+    assert main([*argv, "--max-evals", "3"]) == 0
     out = capsys.readouterr().out
-    assert trials_line(out) == path and n_trials(path) == 5
-
-    # a different objective is another sweep: another default trials file
-    assert main([*argv, "--max-evals", "1", "--cv", "2"]) == 0
-    assert trials_line(capsys.readouterr().out) != path
+    assert trials_line(out) == path and n_trials(path) == 3
 
 
-def test_sweep_command_explicit_trials_file_and_mismatch(kaggle_dir, tmp_path, capsys):
-    cache, trials = tmp_path / "cache", tmp_path / "my-trials.sqlite"
+def test_default_trials_file_depends_on_settings_but_not_budget():
+    from catdog_features.cli import build_parser
+    from catdog_features.commands.sweep import default_trials_path
+
+    def path(*extra):
+        args = build_parser().parse_args(["sweep", "--data", "d", "--cache", "c", *extra])
+        return default_trials_path(args, ["VGG16"])
+
+    assert path() == path("--max-evals", "500", "--timeout", "60", "--quiet")
+    for extra in (["--cv", "3"], ["--seed", "1"], ["--epochs", "5"], ["--no-search-backbones"], ["--weights", "none"],
+                  ["--image-size", "64"], ["--validation-split", "0.3"], ["--labels-csv", "x.csv"]):
+        assert path(*extra) != path(), extra
+
+
+def test_sweep_command_explicit_trials_file_and_mismatch(kaggle_dir, cache, tmp_path, capsys):
+    trials = tmp_path / "my-trials.sqlite"
     argv = ["sweep", "--data", str(kaggle_dir / "train"), "--cache", str(cache), "--trials", str(trials), *BASE]
     assert main([*argv, "--max-evals", "2", "--no-search-backbones"]) == 0
     assert n_trials(trials) == 2
