@@ -42,6 +42,7 @@ _LAZY = {
     "run_pipeline": "pipeline",
     "predict_folder": "pipeline",
     "RunDir": "rundir",
+    "write_report": "report",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
