@@ -123,6 +123,12 @@ def _released_custom_gradients():
                     registry.pop(name, None)
 
 
+def _current_lr(optimizer) -> float:
+    """The optimizer's learning rate now (a variable, or its schedule at the current step)."""
+    value = optimizer.learning_rate
+    return float(value.numpy() if hasattr(value, "numpy") else value)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -456,7 +462,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         epoch_lrs = []
 
         def on_epoch_begin(epoch, logs=None):
-            epoch_lrs.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+            epoch_lrs.append(_current_lr(model.optimizer))
 
         def on_epoch_end(epoch, logs=None):
             loss = (logs or {}).get("loss")
