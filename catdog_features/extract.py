@@ -105,7 +105,7 @@ class Mapper:
             padded = np.zeros((self.batch_size,) + x.shape[1:], np.float32)
             padded[:n] = x
             x = padded
-        return np.asarray(self._fn(x))[:n]
+        return self._fn(x).numpy()[:n]
 
 
 # --------------------------------------------------------------------------- reports
