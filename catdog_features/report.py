@@ -72,12 +72,30 @@ class ReportWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- figures
+_FIGURE_CLASS = None
+
+
+def _figure_class():
+    """A Figure subclass that Jupyter shows inline as PNG (created on first use: lazy matplotlib)."""
+    global _FIGURE_CLASS
+    if _FIGURE_CLASS is None:
+        from matplotlib.figure import Figure
+
+        class ReportFigure(Figure):
+            """A Matplotlib Figure that IPython/Jupyter displays as a PNG without pyplot."""
+
+            def _repr_png_(self):
+                return figure_png(self)
+
+        _FIGURE_CLASS = ReportFigure
+    return _FIGURE_CLASS
+
+
 def _new_figure(width: float, height: float):
     """A Figure drawn by the Agg canvas, without pyplot (no GUI, no global backend change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    fig = _figure_class()(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
