@@ -27,7 +27,8 @@ current directory). An unknown key or a bad value is a ``ValueError`` naming the
     (``auto`` | ``blend`` | ``stack`` | ``mean``); ``clip`` (``"auto"`` or a number in
     [0, 0.5)); *extra*: ``seed`` (0) of the folds.
 ``[output]``
-    ``dir`` (default ``runs/<config file stem>``): the run folder (see :mod:`catdog_features.rundir`).
+    ``dir`` (default ``runs/<config file stem>``): the run folder (see :mod:`catdog_features.rundir`);
+    *extra*: ``report`` (true): write the report at the end (if :mod:`catdog_features.report` exists).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class EnsembleConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     dir: Path
+    report: bool = True
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
         },
         "output": {
             "dir": (lambda v: _path(v, base), None),
+            "report": (_bool, True),
         },
     }
 

@@ -349,7 +349,22 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def _run_report(run: RunDir, log) -> dict:
+def _report_key(run: RunDir, n_trials: int) -> str:
+    """Hash of what the report shows: the ensemble, predictions, submission and trial count."""
+    import hashlib
+
+    digest = hashlib.sha256(str(n_trials).encode())
+    for path in (run.ensemble, run.test_predictions, run.submission, run.scores):
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    return digest.hexdigest()[:20]
+
+
+def _run_report(run: RunDir, log, key: Optional[str] = None) -> dict:
+    previous = run.read_manifest().get("stages", {}).get("report", {})
+    if key is not None and previous.get("input_key") == key and previous.get("status") in ("done", "reused") \
+            and run.report_html.is_file():
+        log(f"report: unchanged, kept {run.report_html}")
+        return {"status": "reused", "input_key": key, "path": str(run.report_html)}
     try:
         from catdog_features.report import write_report
     except ImportError:
@@ -360,7 +375,7 @@ def _run_report(run: RunDir, log) -> dict:
     except Exception as exc:  # a broken plot must not discard a finished run
         log(f"report: FAILED ({type(exc).__name__}: {exc}); the other outputs are complete")
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    return {"status": "done", "path": str(out) if out is not None else str(run.report)}
+    return {"status": "done", "input_key": key, "path": str(out) if out is not None else str(run.report_html)}
 
 
 def run_pipeline(config, *, progress: bool = True, log: Callable[[str], None] = print, overrides: Sequence[str] = ()) -> RunSummary:
@@ -453,7 +468,11 @@ def run_pipeline(config, *, progress: bool = True, log: Callable[[str], None] = 
     # -- 5. report ----------------------------------------------------------------------
     t0 = time.perf_counter()
     log("[5/5] report")
-    report = _run_report(run, log)
+    if config.output.report:
+        report = _run_report(run, log, _report_key(run, len(result.trials)))
+    else:
+        log("report: skipped ([output] report = false)")
+        report = {"status": "skipped", "reason": "[output] report = false"}
     status = report.pop("status")
     run.record_stage("report", status, time.perf_counter() - t0, **report)
 

@@ -38,8 +38,10 @@ to the run folder unless they point outside it, e.g. the feature cache)::
       test_predictions.csv   the chosen ensemble's unclipped test probabilities (TEST_PREDICTIONS;
                              id,<class names>, readable with submission.read_probabilities).
       submission.csv         the Kaggle submission, clipped (SUBMISSION).
-      report/                plots and tables written by catdog_features.report (REPORT), if
-                             that module is installed.
+      report/                figures, CSV tables and report.md written by
+                             catdog_features.report.write_report (REPORT), if that module exists
+                             and [output] report is true.
+      report.html            the report's HTML page (REPORT_HTML; same condition).
 
 Nothing here is pickled; every file is HDF5, SQLite, Keras' own format, JSON, TOML or CSV.
 """
@@ -65,6 +67,7 @@ SCORES = "scores.txt"
 TEST_PREDICTIONS = "test_predictions.csv"
 SUBMISSION = "submission.csv"
 REPORT = "report"
+REPORT_HTML = "report.html"
 
 #: output name -> file/folder name, in pipeline order (what "outputs" in the manifest lists).
 OUTPUTS = {
@@ -77,6 +80,7 @@ OUTPUTS = {
     "test_predictions": TEST_PREDICTIONS,
     "submission": SUBMISSION,
     "report": REPORT,
+    "report_html": REPORT_HTML,
 }
 
 
@@ -135,6 +139,7 @@ class RunDir:
     test_predictions = property(lambda self: self.root / TEST_PREDICTIONS)
     submission = property(lambda self: self.root / SUBMISSION)
     report = property(lambda self: self.root / REPORT)
+    report_html = property(lambda self: self.root / REPORT_HTML)
 
     def fold_model(self, member: str, fold: int) -> Path:
         """``models/<member>/fold<k>.keras``."""

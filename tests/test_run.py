@@ -1,0 +1,201 @@
+"""`catdog-features run experiments/tiny.toml` end to end on generated images, reruns, predict/submit/ensemble.
+
+Tiny settings (random-init backbones at 32 px, a few trials, 3 folds) keep each run to
+seconds; the reruns patch every model entry point to raise, so "no model work" is checked,
+not assumed.
+"""
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catdog_features.cli import main
+from catdog_features.datasets import natural_key
+from catdog_features.synthetic import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "experiments" / "tiny.toml"
+# fewer trials than tiny.toml: these tests check plumbing, not scores
+FAST = ["sweep.max_evals=3", "sweep.epochs=15"]
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], rows[1:]
+
+
+def run_cli(*argv):
+    return main([*map(str, argv)])
+
+
+def sets(**items):
+    out = []
+    for key, value in items.items():
+        out += ["--set", f"{key.replace('__', '.')}={value}"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    """One finished binary run (Kaggle layout, one unreadable test image)."""
+    root = tmp_path_factory.mktemp("tiny_binary")
+    data = make_dataset(root / "data", n_per_class=12, n_test=8, layout="kaggle", size=40, seed=1)
+    (data / "test" / "9.jpg").write_bytes(b"this is not a jpeg")  # must still get a submission row
+    out = root / "run"
+    argv = ["run", TINY, *sets(data__train=data / "train", data__test=data / "test", output__dir=out,
+                               extract__cache_dir=root / "cache"), "--no-progress"]
+    for item in FAST:
+        argv += ["--set", item]
+    start = time.perf_counter()
+    with pytest.warns(UserWarning, match="could not be read"):
+        assert run_cli(*argv) == 0
+    return {"root": root, "data": data, "out": out, "argv": argv, "seconds": time.perf_counter() - start}
+
+
+def test_run_tiny_binary_writes_valid_submission(binary_run):
+    out = binary_run["out"]
+    header, rows = read_csv(out / "submission.csv")
+    assert header == ["id", "label"]
+    ids = [r[0] for r in rows]
+    assert ids == sorted(ids, key=natural_key) == [str(i) for i in range(1, 10)]
+    manifest = json.loads((out / "manifest.json").read_text())
+    clip = manifest["stages"]["ensemble"]["clip"]
+    values = np.array([float(r[1]) for r in rows])
+    assert ((values >= clip - 1e-9) & (values <= 1 - clip + 1e-9)).all()
+    assert values[ids.index("9")] == pytest.approx(0.5)  # unreadable image: the training prior (12 cats, 12 dogs)
+    assert set(manifest["outputs"]) >= {"config", "trials", "oof", "models", "ensemble", "scores", "test_predictions", "submission"}
+    assert manifest["stages"]["submission"]["filled_ids"] == ["9"]
+    assert manifest["stages"]["report"]["status"] in ("done", "skipped")
+
+
+def test_run_oof_file_covers_every_training_image_once(binary_run):
+    from catdog_features.ensemble import OOFPredictions
+
+    oof = OOFPredictions.load(binary_run["out"] / "oof.h5")
+    assert len(oof.ids) == 24 and len(set(oof.ids)) == 24
+    assert sorted(set(oof.folds.tolist())) == [0, 1, 2]
+    for name in oof.member_names:
+        assert not np.isnan(oof.oof[name]).any()
+    ensemble = json.loads((binary_run["out"] / "ensemble.json").read_text())
+    assert ensemble["ensemble"]["method"] in ("mean", "blend", "stack")
+    assert ensemble["extraction"]["weights"] == "none"
+    for paths in ensemble["models"].values():
+        assert len(paths) == 3 and all((binary_run["out"] / p).is_file() for p in paths)
+
+
+def test_rerun_reuses_cache_trials_and_oof(binary_run, monkeypatch):
+    from catdog_features.backbones import BackboneSpec
+    from catdog_features.heads import DenseHead
+
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("model work on a rerun of a finished config")
+
+    monkeypatch.setattr(DenseHead, "fit", no_model_work)
+    monkeypatch.setattr(BackboneSpec, "build", no_model_work)
+    out = binary_run["out"]
+    n_trials = json.loads((out / "manifest.json").read_text())["stages"]["sweep"]["n_trials"]
+    before = (out / "submission.csv").read_text()
+    start = time.perf_counter()
+    with pytest.warns(UserWarning):
+        assert run_cli(*binary_run["argv"]) == 0
+    seconds = time.perf_counter() - start
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert {k: stages[k]["status"] for k in ("extract", "sweep", "oof")} == {"extract": "reused", "sweep": "reused", "oof": "reused"}
+    assert stages["report"]["status"] in ("reused", "skipped")
+    assert stages["sweep"]["n_trials"] == n_trials and stages["sweep"]["n_new"] == 0
+    assert (out / "submission.csv").read_text() == before
+    assert seconds < max(10.0, binary_run["seconds"] / 3)
+    # a changed ensembler is a cheap change: the OOF predictions stay valid
+    with pytest.warns(UserWarning):
+        assert run_cli(*binary_run["argv"], "--set", "ensemble.method=mean") == 0
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert {k: stages[k]["status"] for k in ("extract", "sweep", "oof")} == {"extract": "reused", "sweep": "reused", "oof": "reused"}
+    assert stages["ensemble"]["method"] == "mean"
+
+
+def test_predict_reproduces_test_predictions_and_submit_overrides_clip(binary_run, tmp_path, capsys):
+    from catdog_features.submission import read_probabilities
+
+    out = binary_run["out"]
+    assert run_cli("predict", binary_run["data"] / "test", "--run", out, "--out", tmp_path / "p.csv", "--no-progress") == 0
+    assert "could not read" in capsys.readouterr().err
+    ids, probs, classes = read_probabilities(tmp_path / "p.csv")
+    ids0, probs0, classes0 = read_probabilities(out / "test_predictions.csv")
+    assert classes == classes0 == ("cat", "dog")
+    assert list(ids) == list(ids0)
+    np.testing.assert_allclose(probs, probs0, atol=1e-6)
+
+    with pytest.warns(UserWarning, match="'9'"):
+        assert run_cli("submit", "--run", out, "--out", tmp_path / "s.csv", "--clip", "0.2") == 0
+    _, rows = read_csv(tmp_path / "s.csv")
+    values = np.array([float(r[1]) for r in rows])
+    assert len(rows) == 9 and values.min() >= 0.2 - 1e-9 and values.max() <= 0.8 + 1e-9
+
+
+def test_ensemble_command_from_trials_file(binary_run, tmp_path, capsys):
+    out = binary_run["out"]
+    assert run_cli("ensemble", "--data", binary_run["data"] / "train", "--trials", out / "trials.sqlite",
+                   "--out", tmp_path / "ens", "--cache", binary_run["root"] / "cache", "--weights", "none",
+                   "--image-size", 32, "--top-k", 1, "--folds", 2, "--method", "blend", "--no-progress") == 0
+    text = capsys.readouterr().out
+    assert "blend" in text and "chosen: blend" in text
+    saved = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert len(saved["members"]) == 1 and saved["ensemble"]["method"] == "blend"
+    assert not (tmp_path / "ens" / "test_predictions.csv").exists()
+
+
+def test_run_tiny_multiclass_labels_csv(tmp_path):
+    classes = ("pug", "boxer", "akita")
+    data = make_dataset(tmp_path / "data", n_per_class=8, n_test=5, layout="labels-csv", class_names=classes, size=40, seed=2)
+    out = tmp_path / "run"
+    argv = ["run", TINY, *sets(data__train=data / "train", data__labels_csv=data / "labels.csv", data__test=data / "test",
+                               data__sample_submission=data / "sample_submission.csv", output__dir=out,
+                               extract__cache_dir=tmp_path / "cache", sweep__max_evals=2, sweep__epochs=15,
+                               ensemble__folds=2, output__report="false"), "--no-progress"]
+    assert run_cli(*argv) == 0
+    header, rows = read_csv(out / "submission.csv")
+    s_header, s_rows = read_csv(data / "sample_submission.csv")
+    assert header == s_header == ["id", "akita", "boxer", "pug"]
+    assert [r[0] for r in rows] == [r[0] for r in s_rows]
+    values = np.array([[float(v) for v in r[1:]] for r in rows])
+    np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-4)
+    scores = json.loads((out / "ensemble.json").read_text())["ensemble"]["scores"]
+    assert {r["name"] for r in scores} >= {"mean", "blend", "stack"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sweep.max_evls=3", "[sweep] max_evls: unknown key"),
+    ("ensemble.folds=1", "[ensemble] folds: received 1"),
+    ("data.train=/no/such/folder", "[data] train: folder not found"),
+])
+def test_run_config_errors_exit_2_naming_the_key(override, message, capsys):
+    assert run_cli("run", TINY, "--set", override, "--check") == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_check_prints_config(capsys, tmp_path):
+    assert run_cli("run", TINY, "--set", f"data.train={tmp_path}", "--set", "data.test=", "--check") == 0
+    assert "config OK" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_run_on_shared_dogs_vs_cats_writes_valid_submission(shared_data, tmp_path):
+    src = shared_data / "dogs-vs-cats"
+    out = tmp_path / "run"
+    argv = ["run", TINY, *sets(data__train=src / "train", data__test=src / "test", output__dir=out,
+                               extract__cache_dir=tmp_path / "cache", extract__backbones='["VGG16"]',
+                               sweep__max_evals=1, sweep__epochs=15, ensemble__top_k=1, ensemble__folds=2,
+                               output__report="false"),
+            "--no-progress"]
+    assert run_cli(*argv) == 0
+    header, rows = read_csv(out / "submission.csv")
+    test_ids = sorted((p.stem for p in (src / "test").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")), key=natural_key)
+    assert header == ["id", "label"]
+    assert [r[0] for r in rows] == test_ids
+    values = np.array([float(r[1]) for r in rows])
+    assert ((values > 0) & (values < 1)).all()
