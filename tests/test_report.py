@@ -1,0 +1,273 @@
+"""catdog-features report: a tiny real run -> report.html, PNGs, CSVs; missing inputs degrade.
+
+One module-scoped pipeline run (experiments/tiny.toml on generated images, fewer trials)
+with planted problems: two unreadable training files (failure records) and two dog images
+saved under cat names (they should top the loss ranking). `run` itself writes the report.
+"""
+
+import base64
+import csv
+import html.parser
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catdog_features import report as rp
+from catdog_features.cli import main
+from catdog_features.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "experiments" / "tiny.toml"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("sweep_history", "sweep_params", "head_curves", "top_losses", "confusion_matrix")
+PLANTED_MISLABELED = ("cat.100", "cat.101")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from catdog_features.config import load_config
+    from catdog_features.pipeline import run_pipeline
+    from catdog_features.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("report_run")
+    data = make_dataset(root / "data", n_per_class=14, n_test=4, layout="kaggle", size=40, seed=3)
+    train = data / "train"
+    for k, new in zip((0, 1), PLANTED_MISLABELED):  # dogs labelled cat
+        shutil.copyfile(train / f"dog.{k}.jpg", train / f"{new}.jpg")
+    (train / "cat.200.jpg").write_bytes(b"<html>404 not found</html>")
+    (train / "dog.201.jpg").write_bytes(b"")
+    overrides = [f"data.train={train}", f"data.test={data / 'test'}", f"output.dir={root / 'run'}",
+                 f"extract.cache_dir={root / 'cache'}", "sweep.max_evals=3", "sweep.epochs=20"]
+    config = load_config(TINY, overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_pipeline(config, progress=False, log=lambda msg: None)
+    report_warnings = [str(w.message) for w in caught if issubclass(w.category, rp.ReportWarning)]
+    return {"root": root, "run": root / "run", "train": train, "report_warnings": report_warnings}
+
+
+def png_ok(data: bytes):
+    assert data[:8] == PNG_SIGNATURE
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        assert im.width >= 300 and im.height >= 200
+        # not a blank canvas: a drawn figure has many distinct colours
+        assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 20
+
+
+class Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.src, self.href = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.src.append(attrs["src"])
+        if tag == "a" and "href" in attrs:
+            self.href.append(attrs["href"])
+
+
+def links_of(path: Path) -> Links:
+    parser = Links()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], rows[1:]
+
+
+# --------------------------------------------------------------------------- the tiny run
+def test_run_writes_report_without_section_errors(tiny_run):
+    run = RunDir(tiny_run["run"])
+    assert tiny_run["report_warnings"] == []
+    stage = run.read_manifest()["stages"]["report"]
+    assert stage["status"] == "done" and Path(stage["path"]) == run.root / "report.html"
+    assert (run.report / "report.md").is_file()
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_each_figure_is_a_valid_non_empty_png(tiny_run, name):
+    path = tiny_run["run"] / "report" / f"{name}.png"
+    assert path.stat().st_size > 5000
+    png_ok(path.read_bytes())
+
+
+def test_html_references_only_files_that_exist(tiny_run):
+    page = tiny_run["run"] / "report.html"
+    links = links_of(page)
+    assert len(links.src) == len(FIGURES), "every figure is embedded once"
+    for src in links.src:
+        assert src.startswith("data:image/png;base64,"), "images are embedded so the page stands alone"
+        png_ok(base64.b64decode(src.split(",", 1)[1]))
+    local = [h for h in links.href if not h.startswith("#")]
+    assert {Path(h).name for h in local} >= {f"{n}.png" for n in FIGURES} | {rp.MISLABELED_CSV, rp.FAILURES_CSV}
+    for href in local:
+        assert (page.parent / href).is_file(), href
+    anchors = [h[1:] for h in links.href if h.startswith("#")]
+    text = page.read_text(encoding="utf-8")
+    assert all(f'id="{a}"' in text for a in anchors)
+
+
+def test_markdown_links_exist(tiny_run):
+    import re
+
+    folder = tiny_run["run"] / "report"
+    targets = re.findall(r"\]\(([^)]+)\)", (folder / "report.md").read_text(encoding="utf-8"))
+    assert len(targets) >= len(FIGURES) + 2
+    assert all((folder / t).is_file() for t in targets)
+
+
+def test_likely_mislabeled_csv_and_top_losses(tiny_run):
+    folder = tiny_run["run"] / "report"
+    header, rows = read_csv(folder / rp.MISLABELED_CSV)
+    assert tuple(header) == rp.MISLABELED_COLUMNS == ("id", "path", "label", "predicted", "confidence", "loss")
+    for row in rows:
+        rec = dict(zip(header, row))
+        assert rec["label"] != rec["predicted"] and float(rec["confidence"]) >= 0.9
+        assert Path(rec["path"]).is_file()
+        assert float(rec["loss"]) == pytest.approx(-np.log(1 - float(rec["confidence"])), rel=1e-3)
+    header, rows = read_csv(folder / rp.TOP_LOSSES_CSV)
+    assert tuple(header[:6]) == rp.MISLABELED_COLUMNS and len(rows) == 16
+    losses = [float(r[5]) for r in rows]
+    assert losses == sorted(losses, reverse=True)
+    top_ids = [r[0] for r in rows[:8]]
+    # the dogs saved as cat.100/cat.101 are among the worst: the OOF models say "dog"
+    assert set(PLANTED_MISLABELED) <= set(top_ids), top_ids
+
+
+def test_failure_records_are_listed(tiny_run):
+    header, rows = read_csv(tiny_run["run"] / "report" / rp.FAILURES_CSV)
+    assert header == ["set", "path", "reason"]
+    found = {Path(r[1]).name: r[2] for r in rows}
+    assert found == {"cat.200.jpg": "not an image", "dog.201.jpg": "empty file"}
+    text = (tiny_run["run"] / "report.html").read_text(encoding="utf-8")
+    assert "cat.200.jpg" in text and "empty file" in text
+
+
+def test_comparison_table_uses_recorded_numbers_only(tiny_run):
+    run = RunDir(tiny_run["run"])
+    manifest = run.read_manifest()
+    ensemble = run.read_ensemble()
+    header, rows = read_csv(run.report / rp.COMPARISON_CSV)
+    table = {r[0]: dict(zip(header, r)) for r in rows}
+    extract = manifest["stages"]["extract"]
+    from catdog_features.backbones import get_backbone
+
+    assert len(extract["settings"]["backbones"]) >= 2
+    for name in extract["settings"]["backbones"]:
+        row = table[name]
+        assert row["kind"] == "backbone" and int(row["dim"]) == get_backbone(name).dim
+        files = [extract["train"]["cache_files"][name], extract["test"]["cache_files"][name]]
+        assert int(row["cache_bytes"]) == sum(Path(f).stat().st_size for f in files)
+        recorded = (extract.get("backbones") or {}).get(name, {}).get("images_per_s")
+        assert (row["images_per_s"] == "") == (recorded is None)  # never invented
+    scores = {r["name"]: r for r in ensemble["ensemble"]["scores"]}
+    for method in ("mean", "blend", "stack"):
+        key = method + (" (chosen)" if method == ensemble["ensemble"]["method"] else "")
+        assert float(table[key]["oof_log_loss"]) == pytest.approx(scores[method]["cv_log_loss"], rel=1e-5)
+        assert float(table[key]["oof_accuracy"]) == pytest.approx(scores[method]["accuracy"], rel=1e-5)
+
+
+def test_chosen_oof_probabilities_match_the_stored_score(tiny_run):
+    data = rp._load_run(tiny_run["run"])
+    probs, name, stored = rp.chosen_oof_probabilities(data)
+    from catdog_features.ensemble import log_loss
+
+    assert name == data.ensemble["ensemble"]["method"]
+    assert log_loss(probs, data.oof.labels) == pytest.approx(stored, rel=1e-9)
+    cm = rp.confusion_matrix(probs, data.oof.labels, 2)
+    assert cm.sum() == len(data.oof.ids) == 14 * 2 + 2
+
+
+# --------------------------------------------------------------------------- degraded runs
+def test_report_cli_into_another_folder(tiny_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", str(tiny_run["run"]), "--out", str(out), "--top-n", "4", "--threshold", "0.5"]) == 0
+    assert "report ->" in capsys.readouterr().out
+    page = out / "report.html"
+    for href in [h for h in links_of(page).href if not h.startswith("#")]:
+        assert (page.parent / href).is_file(), href
+    assert len(read_csv(out / rp.TOP_LOSSES_CSV)[1]) == 4
+
+
+@pytest.mark.parametrize("remove, absent, says", [
+    (("trials.sqlite",), ("sweep_history", "sweep_params"), "no sweep"),
+    (("oof.h5", "ensemble.json", "models"), ("top_losses", "confusion_matrix", "head_curves"), "no out-of-fold"),
+    (("trials.sqlite", "oof.h5", "ensemble.json", "models"), FIGURES, "no sweep"),
+])
+def test_sections_degrade_when_inputs_are_missing(tiny_run, tmp_path, remove, absent, says):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run, ignore=shutil.ignore_patterns("report", "report.html"))
+    for name in remove:
+        target = run / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    page = rp.write_report(run, strict=True)
+    text = page.read_text(encoding="utf-8")
+    assert says in text
+    for name in absent:
+        assert not (run / "report" / f"{name}.png").exists()
+    for href in [h for h in links_of(page).href if not h.startswith("#")]:
+        assert (page.parent / href).is_file(), href
+    assert "cat.200.jpg" in text  # failure records come from the manifest
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda p: p / "missing", "Run folder not found"),
+    (lambda p: p, "Nothing to report"),
+])
+def test_unusable_run_folders_are_clear_errors(tmp_path, make, error):
+    with pytest.raises(FileNotFoundError, match=error):
+        rp.write_report(make(tmp_path))
+
+
+@pytest.mark.parametrize("kwargs, message", [({"top_n": 0}, "top_n"), ({"threshold": 1.5}, "threshold")])
+def test_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        rp.write_report(tmp_path, **kwargs)
+
+
+# --------------------------------------------------------------------------- building blocks
+def test_top_losses_and_likely_mislabeled_on_known_probabilities():
+    probs = np.array([[0.9, 0.1], [0.05, 0.95], [0.3, 0.7], [0.99, 0.01], [0.6, 0.4]])
+    labels = np.array([0, 0, 1, 1, 0])
+    assert list(rp.top_losses(probs, labels, 3)) == [3, 1, 4]
+    rows = rp.likely_mislabeled(["a", "b", "c", "d", "e"], None, labels, probs, ("cat", "dog"), threshold=0.9)
+    assert [(r["id"], r["label"], r["predicted"]) for r in rows] == [("d", "dog", "cat"), ("b", "cat", "dog")]
+    assert rows[0]["confidence"] == pytest.approx(0.99) and rows[0]["loss"] == pytest.approx(-np.log(0.01))
+    with pytest.raises(ValueError, match="threshold"):
+        rp.likely_mislabeled(["a"], None, [0], [[1.0, 0.0]], ("x", "y"), threshold=0)
+
+
+def test_multiclass_confusion_pairs_and_figure():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 2, 2, 0, 2])
+    probs = np.eye(3)[pred] * 0.8 + 0.2 / 3
+    cm = rp.confusion_matrix(probs, labels, 3)
+    assert cm.tolist() == [[1, 2, 0], [0, 1, 1], [1, 0, 3]]
+    pairs = rp.worst_confused_pairs(cm, ["akita", "beagle", "corgi"], k=2)
+    assert pairs[0] == {"true": "akita", "predicted": "beagle", "count": 2, "share": pytest.approx(2 / 3)}
+    assert [(p["true"], p["predicted"]) for p in pairs] == [("akita", "beagle"), ("beagle", "corgi")]
+    png_ok(rp.figure_png(rp.plot_confusion_matrix(cm, ["akita", "beagle", "corgi"])))
+
+
+def test_figures_do_not_touch_the_global_matplotlib_backend():
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    trials = [{"tid": k, "status": "ok" if k != 2 else "fail", "loss": [0.3, 0.2, None, 0.25][k],
+               "backbones": ["A"] if k % 2 else ["A", "B"], "params": {"lr": 0.001 * (k + 1), "dropout": 0.1 * k},
+               "best_epoch": 3, "duration_s": 1.0} for k in range(4)]
+    for fig in (rp.plot_sweep_history(trials), rp.plot_sweep_params(trials)):
+        png_ok(fig._repr_png_())  # what Jupyter shows inline
+    assert matplotlib.get_backend() == before
+    assert rp.varying_params(trials) == ["dropout", "lr"]
