@@ -470,8 +470,9 @@ class SweepResult:
     searched : list of str
         Keys of the space that were searched (shown in tables).
     timings : dict
-        Seconds spent this run: ``suggest`` (TPE), ``persist`` (commits), ``trials``, and
-        ``n_new`` trials run.
+        Seconds spent this run: ``suggest`` (TPE), ``persist`` (commits), ``trials``; and
+        counts: ``n_new`` trials run, ``concat_builds`` feature concatenations made (one per
+        distinct backbone subset while the LRU holds them).
     """
 
     best_params: Optional[Dict[str, Any]]
@@ -882,6 +883,7 @@ def sweep(
         if store is not None:
             store.close()
 
+    timings["concat_builds"] = concat.builds
     result = SweepResult.from_trials(records, trials_path, searched, timings)
     if progress:
         print(result.format_table())

@@ -173,6 +173,7 @@ def test_backbone_choice_reaches_the_head_as_that_concatenation(tmp_path, fast_h
         assert len(x_val) == 18  # validation_split=0.2 of 90 rows
         subsets.add(tuple(t["backbones"]))
     assert len(subsets) >= 4
+    assert result.timings["concat_builds"] == len(subsets)  # concatenated once per subset, not per trial
     assert "B" in result.best_backbones  # the only informative backbone
 
 
