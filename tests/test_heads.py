@@ -355,3 +355,22 @@ def test_lr_find_rejects_a_bad_range():
     X, y = blobs(32, d=4, seed=13)
     with pytest.raises(ValueError, match="start_lr < end_lr"):
         lr_find(X, y, start_lr=1.0, end_lr=0.1)
+
+
+def test_fit_leaves_nothing_behind_in_tensorflow_globals():
+    import gc
+    import weakref
+
+    ops = pytest.importorskip("tensorflow.python.framework.ops")
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    if registry is None:
+        pytest.skip("this TensorFlow keeps its gradient registry elsewhere")
+    X, y = blobs(64, d=4, seed=14)
+    X_ref = weakref.ref(X)
+    names = set(registry)
+    head = DenseHead(epochs=2, **FAST).fit(X, y)
+    assert set(registry) == names  # no CustomGradient-N entry holding a traced graph
+    del X
+    gc.collect()
+    assert X_ref() is None  # the tf.data pipelines' callables no longer hold the features
+    assert head.predict_proba(blobs(8, d=4, seed=15)[0]).shape == (8, 2)
