@@ -47,10 +47,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from catdog_features.rundir import REPORT, RunDir
+from catdog_features.rundir import REPORT, REPORT_HTML, RunDir
 
 #: File name of the HTML page, written into the run folder (or ``out_dir`` when given).
-HTML_NAME = "report.html"
+HTML_NAME = REPORT_HTML
 MARKDOWN_NAME = "report.md"
 MISLABELED_CSV = "likely_mislabeled.csv"
 TOP_LOSSES_CSV = "top_losses.csv"

@@ -58,7 +58,7 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, this_python_kernel):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     # the second extraction is a cache hit, the sweep ran its trials, the submission was written
-    assert "cache hits {'MobileNetV2': True, 'ResNet50': True}" in text
+    assert "cache hits {'VGG16': True, 'ResNet50': True}" in text
     assert "top 2 of 4 trials" in text or "of 4 trials" in text
     assert "chosen:" in text
     assert "id,label" in text
