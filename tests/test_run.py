@@ -199,3 +199,13 @@ def test_run_on_shared_dogs_vs_cats_writes_valid_submission(shared_data, tmp_pat
     assert [r[0] for r in rows] == test_ids
     values = np.array([float(r[1]) for r in rows])
     assert ((values > 0) & (values < 1)).all()
+
+
+@pytest.mark.parametrize("n", [4, 24])
+def test_demo_config_is_a_valid_run_config(tmp_path, n):
+    from catdog_features.commands.demo import demo_config
+    from catdog_features.config import parse_config
+
+    config = parse_config(demo_config(tmp_path, n), base_dir=tmp_path, name="demo")
+    assert config.extract.weights is None and config.output.dir == (tmp_path / "run").resolve()
+    assert config.ensemble.folds <= n
