@@ -16,7 +16,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -40,8 +40,9 @@ SCHEDULES = (None, "cosine_restarts")
 
 # Keras 3's Adadelta defaults to learning_rate=0.001; the reference recipe ran on Keras 2,
 # whose Adadelta used 1.0 (the value of Zeiler's paper, where the "learning rate" is only a
-# scale on an already self-normalised step). With 0.001 the recipe's heads barely move in
-# 200 epochs, so lr=None means 1.0 for adadelta. sgd and adam use Keras' usual defaults.
+# scale on an already self-normalised step). Adadelta's step is linear in that scale, so
+# with 0.001 every step would be 1000x smaller than the recipe's: lr=None means 1.0 for
+# adadelta. sgd and adam use Keras' usual defaults.
 DEFAULT_LR = {"adadelta": 1.0, "sgd": 0.01, "adam": 0.001}
 
 # Values (rows x features) per eager forward pass in predict_proba. TensorFlow copies each
@@ -779,8 +780,6 @@ def lr_find(
     -------
     LRFindResult
     """
-    import keras
-
     start_lr = _as_float("start_lr", start_lr, 0.0, np.inf, low_open=True, high_open=True)
     end_lr = _as_float("end_lr", end_lr, 0.0, np.inf, low_open=True, high_open=True)
     if end_lr <= start_lr:
@@ -829,9 +828,11 @@ def lr_find(
     finite = np.isfinite(losses)
     lr_min = float(lrs_taken[finite][np.argmin(losses[finite])] / 10) if finite.any() else start_lr
     lr_steep = None
-    # Slope on the part before divergence; the first few points are mostly smoothing warm-up.
-    stop = len(losses) - 1 if len(losses) > 1 and (not finite[-1] or losses[-1] > diverge_factor * best) else len(losses)
-    lo = min(max(1, stop // 10), max(0, stop - 3))
+    # The slope is taken where the curve means something: not on the diverged last point, and
+    # not on the first tenth, where the bias-corrected average is still mostly batch noise.
+    diverged = len(losses) > 1 and (not finite[-1] or losses[-1] > diverge_factor * best)
+    stop = len(losses) - 1 if diverged else len(losses)
+    lo = max(1, stop // 10)
     if stop - lo >= 3:
         grads = np.gradient(losses[lo:stop], np.log10(lrs_taken[lo:stop]))
         if np.isfinite(grads).any():
