@@ -662,6 +662,16 @@ def _nested_stack(member_probs, y, splits, n_classes, C) -> np.ndarray:
     return out
 
 
+def _small_problem_threads(n_values: int):
+    """One BLAS thread for small matrices: on a busy machine, idle BLAS threads spinning for
+    work cost 10x the arithmetic of a few-hundred-row logistic regression."""
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas") if n_values < 2_000_000 else contextlib.nullcontext()
+
+
 def fit_ensemblers(
     oof: OOFPredictions,
     method: str = "auto",
@@ -695,6 +705,11 @@ def fit_ensemblers(
     """
     if method not in METHODS:
         raise ValueError(f"Unknown ensemble method. Received: method={method!r}; expected one of {METHODS}.")
+    with _small_problem_threads(len(oof.labels) * len(oof.members) * oof.n_classes):
+        return _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C)
+
+
+def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> EnsembleResult:
     names = oof.member_names
     y = np.asarray(oof.labels, dtype=np.int64)
     n_classes = oof.n_classes
