@@ -449,7 +449,8 @@ def fit_oof(
         test=test_probs,
         test_failed=test_failed,
         key=oof_key(members, features, test, folds, random_state),
-        info={"folds": n_folds, "random_state": int(random_state), "fit_seconds": durations},
+        info={"folds": n_folds, "random_state": int(random_state), "fit_seconds": durations,
+              "train_key": oof_key(members, features, None, folds, random_state)},
     )
 
 

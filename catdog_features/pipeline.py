@@ -175,17 +175,36 @@ def fit_ensemble_stage(run: RunDir, members, train, test, *, folds: int = 5, see
 
     members = normalize_members(members)
     key = oof_key(members, train, test, folds, seed)
+    train_key = oof_key(members, train, None, folds, seed)
     n_folds = int(make_folds(train.labels, folds, seed).max()) + 1
     start = time.perf_counter()
-    reused = run.oof.is_file() and read_oof_key(run.oof) == key and _models_complete(run, members, n_folds)
-    if reused:
-        oof = OOFPredictions.load(run.oof)
+    stored = None
+    if run.oof.is_file() and read_oof_key(run.oof) is not None:
+        try:
+            stored = OOFPredictions.load(run.oof)
+        except (OSError, ValueError, KeyError):  # an older format or a damaged file: refit
+            stored = None
+    models_ok = _models_complete(run, members, n_folds)
+    if stored is not None and stored.key == key and models_ok:
+        oof, status = stored, "reused"
         log(f"OOF predictions unchanged (key {key}): reusing {run.oof}")
+    elif stored is not None and stored.info.get("train_key") == train_key and models_ok:
+        # same members on the same training features: only the test set changed, so the
+        # saved fold models predict it; no head is refitted
+        oof, status = stored, "test re-predicted"
+        oof.test = _predict_test(run, members, test, n_folds, len(train.class_names))
+        oof.test_ids = None if test is None else np.asarray(test.ids, dtype=str)
+        oof.test_failed = [] if test is None else [(Path(p).stem, str(p), str(r)) for p, r in test.failed]
+        oof.key = key
+        oof.save(run.oof)
+        log(f"OOF predictions unchanged, test set changed: predicted it with the saved fold models ({run.models})")
     else:
         if run.models.exists():
             shutil.rmtree(run.models)  # fold models of other member configs would be stale
         oof = fit_oof(members, train, test, folds=folds, random_state=seed, models_dir=run.models, progress=progress)
         oof.save(run.oof)
+        status = "done"
+    reused = status != "done"
     result = fit_ensemblers(oof, method=method, clip=clip, random_state=seed)
     data = {
         "format": ENSEMBLE_FORMAT,
@@ -202,7 +221,23 @@ def fit_ensemble_stage(run: RunDir, members, train, test, *, folds: int = 5, see
         write_probabilities(run.test_predictions, oof.test_ids, result.test_proba, result.class_names)
     elif run.test_predictions.exists():
         run.test_predictions.unlink()  # from an earlier config with a test set
-    return {"result": result, "oof": oof, "reused": reused, "seconds": time.perf_counter() - start}
+    return {"result": result, "oof": oof, "reused": reused, "status": status, "seconds": time.perf_counter() - start}
+
+
+def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> Dict[str, np.ndarray]:
+    """Each member's mean fold-model probabilities on ``test`` (saved models, no refit)."""
+    from catdog_features.ensemble import _aligned_proba
+    from catdog_features.heads import DenseHead
+
+    if test is None or len(test) == 0:
+        return {}
+    out = {}
+    for member in members:
+        X = test.concat(member["backbones"])
+        out[member["name"]] = np.mean(
+            [_aligned_proba(DenseHead.load(run.fold_model(member["name"], k)), X, n_classes) for k in range(n_folds)], axis=0
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- saved ensembles
@@ -446,7 +481,7 @@ def run_pipeline(config, *, progress: bool = True, log: Callable[[str], None] = 
                                progress=progress, log=log)
     ens = stage["result"]
     chosen = next(r for r in ens.scores if r["name"] == ens.method)
-    run.record_stage("oof", "reused" if stage["reused"] else "done", stage["seconds"], key=stage["oof"].key,
+    run.record_stage("oof", stage["status"], stage["seconds"], key=stage["oof"].key,
                      members=[m["name"] for m in stage["oof"].members], folds=int(stage["oof"].info.get("folds", 0)),
                      fit_seconds=stage["oof"].info.get("fit_seconds"))
     run.record_stage("ensemble", "done", 0.0, method=ens.method, clip=ens.clip, oof_log_loss=chosen["log_loss"],

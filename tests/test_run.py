@@ -118,6 +118,37 @@ def test_rerun_reuses_cache_trials_and_oof(binary_run, monkeypatch):
     assert stages["ensemble"]["method"] == "mean"
 
 
+def test_changed_test_folder_is_predicted_by_saved_fold_models(binary_run, tmp_path, monkeypatch):
+    import shutil
+
+    from catdog_features.heads import DenseHead
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a head was refitted although only the test set changed")
+
+    new_test = tmp_path / "test2"
+    new_test.mkdir()
+    for name in ("2.jpg", "3.jpg"):
+        shutil.copy(binary_run["data"] / "test" / name, new_test / name)
+    monkeypatch.setattr(DenseHead, "fit", no_fit)
+    out = tmp_path / "run"
+    shutil.copytree(binary_run["out"], out)
+    assert run_cli(*binary_run["argv"], "--set", f"data.test={new_test}", "--set", f"output.dir={out}",
+                   "--set", "output.report=false") == 0
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["oof"]["status"] == "test re-predicted" and stages["sweep"]["status"] == "reused"
+    _, rows = read_csv(out / "submission.csv")
+    assert [r[0] for r in rows] == ["2", "3"]
+    from catdog_features.ensemble import OOFPredictions
+
+    old, new = OOFPredictions.load(binary_run["out"] / "oof.h5"), OOFPredictions.load(out / "oof.h5")
+    assert list(new.test_ids) == ["2", "3"]
+    rows = [list(old.test_ids).index(i) for i in ("2", "3")]
+    for name in old.member_names:  # same fold models -> the same member probabilities
+        np.testing.assert_allclose(new.test[name], old.test[name][rows], atol=1e-6)
+        np.testing.assert_array_equal(new.oof[name], old.oof[name])
+
+
 def test_predict_reproduces_test_predictions_and_submit_overrides_clip(binary_run, tmp_path, capsys):
     from catdog_features.submission import read_probabilities
 

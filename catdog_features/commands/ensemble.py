@@ -62,7 +62,7 @@ def run(args) -> int:
                                clip=clip, settings=settings, progress=args.progress)
     result = stage["result"]
     run_dir.update_manifest(config={"command": "ensemble", **{k: v for k, v in vars(args).items() if not k.startswith("_")}})
-    run_dir.record_stage("oof", "reused" if stage["reused"] else "done", stage["seconds"], key=stage["oof"].key,
+    run_dir.record_stage("oof", stage["status"], stage["seconds"], key=stage["oof"].key,
                          members=[m["name"] for m in stage["oof"].members])
     run_dir.record_stage("ensemble", "done", 0.0, method=result.method, clip=result.clip, scores=result.scores)
     print(result.format_table())
