@@ -212,6 +212,8 @@ def _tile_title(row: Dict[str, Any], class_names: Sequence[str]) -> str:
         # binary: the probability of class 1 (Kaggle's "probability of dog")
         p1 = row["confidence"] if row["predicted"] == class_names[1] else 1.0 - row["confidence"]
         return f"{row['id']}\ntrue: {row['label']}  P({class_names[1]})={p1:.3f}\nloss {row['loss']:.2f}"
+    if row["label"] == row["predicted"]:
+        return f"{row['id']}\ntrue = predicted: {row['label']}\np={row['p_true']:.3f}  loss {row['loss']:.2f}"
     return (f"{row['id']}\ntrue: {row['label']} (p={row['p_true']:.3f})\n"
             f"pred: {row['predicted']} (p={row['confidence']:.3f})")
 
@@ -338,10 +340,9 @@ def plot_head_curves(curves: Sequence[Dict[str, Any]], max_panels: int = 4):
             loss = hist.get("loss") or []
             val = hist.get("val_loss") or []
             values += list(loss) + list(val)
-            ax.plot(np.arange(1, len(loss) + 1), loss, linestyle="--", color=color, alpha=0.8,
-                    label=f"fold {f} train")
+            ax.plot(np.arange(1, len(loss) + 1), loss, linestyle="--", color=color, alpha=0.7)
             if val:
-                ax.plot(np.arange(1, len(val) + 1), val, linestyle="-", color=color, label=f"fold {f} val")
+                ax.plot(np.arange(1, len(val) + 1), val, linestyle="-", color=color, label=f"fold {f}")
                 best = fold.get("best_epoch")
                 if best is not None and 0 <= int(best) < len(val):
                     ax.plot([int(best) + 1], [val[int(best)]], marker="*", markersize=13, color=color,
@@ -352,7 +353,13 @@ def plot_head_curves(curves: Sequence[Dict[str, Any]], max_panels: int = 4):
         ax.set_ylabel("log loss")
         ax.set_title(panel["title"], fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, title="* = best epoch (weights kept)", title_fontsize=7)
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="black", linestyle="-", label="validation"),
+                    Line2D([], [], color="black", linestyle="--", label="training"),
+                    Line2D([], [], color="black", marker="*", markersize=9, linestyle="none", label="best epoch (kept)")]
+        ax.legend(handles=handles, fontsize=7, ncol=2)
     return fig
 
 
@@ -505,14 +512,18 @@ def _read_trials(path: Path) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
         store.close()
 
 
-def _h5_dim(path) -> Optional[int]:
+def _h5_info(path) -> Dict[str, Any]:
+    """``dim`` of a cache file's vectors and, when the cache records it, ``images_per_s``."""
     try:
         import h5py
 
         with h5py.File(path, "r", locking=False) as f:
-            return int(f["features"].shape[1])
-    except Exception:
-        return None
+            info = {"dim": int(f["features"].shape[1])}
+            if "images_per_s" in f.attrs:
+                info["images_per_s"] = float(f.attrs["images_per_s"])
+            return info
+    except Exception:  # unreadable or moved: the table says n/a
+        return {}
 
 
 @dataclass
@@ -717,9 +728,10 @@ def backbone_facts(data: _Run) -> Dict[str, Dict[str, Any]]:
     """Per backbone: ``dim``, ``images_per_s``, ``cache_bytes``, ``image_size`` (None when unknown).
 
     Read from ``manifest["stages"]["extract"]["backbones"][name]`` when the pipeline
-    recorded them; otherwise ``dim`` comes from the cache file's shape and ``cache_bytes``
-    from the sizes of the train and test cache files. Images/s cannot be recovered after
-    the fact and stays None unless recorded.
+    recorded them; otherwise ``dim`` comes from the (train) cache file's shape,
+    ``images_per_s`` from its ``images_per_s`` attribute if the cache wrote one, and
+    ``cache_bytes`` from the sizes of the train and test cache files. A speed that was never
+    recorded stays None ("n/a").
     """
     extract = data.stages.get("extract") or {}
     recorded = extract.get("backbones") or {}
@@ -729,9 +741,8 @@ def backbone_facts(data: _Run) -> Dict[str, Dict[str, Any]]:
         rec = dict(recorded.get(name) or {})
         files = [Path(part[name]) for part in ((extract.get("train") or {}).get("cache_files"),
                                                 (extract.get("test") or {}).get("cache_files")) if part and name in part]
-        dim = rec.get("dim")
-        if dim is None:
-            dim = next((d for d in (_h5_dim(p) for p in files if p.is_file()) if d is not None), None)
+        info = _h5_info(files[0]) if files and files[0].is_file() else {}
+        dim = rec.get("dim", info.get("dim"))
         if dim is None:
             try:
                 from catdog_features.backbones import get_backbone
@@ -744,7 +755,7 @@ def backbone_facts(data: _Run) -> Dict[str, Dict[str, Any]]:
             cache_bytes = sum(p.stat().st_size for p in files)
         out[name] = {
             "dim": dim,
-            "images_per_s": rec.get("images_per_s"),
+            "images_per_s": rec.get("images_per_s", info.get("images_per_s")),
             "cache_bytes": cache_bytes,
             "image_size": rec.get("image_size") or settings.get("image_size"),
         }
