@@ -56,6 +56,8 @@ MISLABELED_CSV = "likely_mislabeled.csv"
 TOP_LOSSES_CSV = "top_losses.csv"
 FAILURES_CSV = "failures.csv"
 COMPARISON_CSV = "comparison.csv"
+#: The figures a full report writes (``<name>.png``); a section without its input writes none.
+FIGURE_NAMES = ("sweep_history", "sweep_params", "head_curves", "top_losses", "confusion_matrix")
 #: Columns of ``likely_mislabeled.csv`` (and the first ones of ``top_losses.csv``).
 MISLABELED_COLUMNS = ("id", "path", "label", "predicted", "confidence", "loss")
 #: Probabilities are floored at this before taking logs (as in catdog_features.ensemble).
@@ -536,6 +538,7 @@ class _Run:
     trials: Optional[List[Dict[str, Any]]] = None
     trials_meta: Dict[str, Any] = field(default_factory=dict)
     oof: Any = None
+    trials_path: Optional[Path] = None
     problems: List[str] = field(default_factory=list)
 
     @property
@@ -582,9 +585,14 @@ def _load_run(run_dir) -> _Run:
             data.ensemble = run.read_ensemble()
         except (OSError, json.JSONDecodeError) as exc:
             data.problems.append(f"ensemble.json could not be read ({exc})")
-    if run.trials.is_file():
+    trials_path = run.trials
+    given = data.config.get("trials")  # `catdog-features ensemble --trials FILE` elsewhere
+    if not trials_path.is_file() and isinstance(given, str) and Path(given).is_file():
+        trials_path = Path(given)
+    if trials_path.is_file():
         try:
-            data.trials, data.trials_meta = _read_trials(run.trials)
+            data.trials, data.trials_meta = _read_trials(trials_path)
+            data.trials_path = trials_path
         except Exception as exc:
             data.problems.append(f"trials.sqlite could not be read ({type(exc).__name__}: {exc})")
     if run.oof.is_file():
@@ -885,7 +893,8 @@ def _section_sweep(data: _Run, sec: _Section, out_dir: Path) -> None:
     how = (f"{objective['cv']}-fold CV" if objective.get("cv") else
            f"hold-out split {objective.get('validation_split', 'n/a')}") if objective else "n/a"
     sec.text(f"{len(trials)} trial(s) of max_evals {meta.get('max_evals', 'n/a')}, {n_fail} failed; objective: "
-             f"{objective.get('loss', 'log loss')} on a {how} (seed {objective.get('random_state', 'n/a')}).")
+             f"{objective.get('loss', 'log loss')} on a {how} (seed {objective.get('random_state', 'n/a')}); "
+             f"trials file {data.trials_path}.")
     if not trials:
         return
     sec.figure(plot_sweep_history(trials), out_dir, "sweep_history",
@@ -934,8 +943,8 @@ def _section_errors(data: _Run, sec: _Section, out_dir: Path, top_n: int, thresh
     else:
         sec.text("The run does not record where its training images are; the grid shows placeholders.")
     sec.text(f"Out-of-fold predictions of {name} for {len(labels)} training images: log loss {ll:.5f}, "
-             f"accuracy {np.mean(np.argmax(probs, axis=1) == labels):.2%}. Every prediction comes from a model "
-             "that did not see the image, so a high loss means the label disagrees with what the other images taught.")
+             f"accuracy {np.mean(np.argmax(probs, axis=1) == labels):.2%}. Each image is predicted by fold models "
+             "that did not see it, so a high loss means its label disagrees with what the other images taught.")
     classes = list(oof.class_names)
     sec.figure(plot_top_losses(oof.ids, paths, labels, probs, classes, top_n,
                                title=f"top {min(top_n, len(labels))} OOF losses of {name}"),
@@ -1053,9 +1062,11 @@ def write_report(run_dir, out_dir=None, top_n: int = 16, *, threshold: float = 0
         out_dir = Path(out_dir).expanduser().absolute()
         html_path = out_dir / HTML_NAME
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.png"), *(out_dir / n for n in (MISLABELED_CSV, TOP_LOSSES_CSV, FAILURES_CSV, COMPARISON_CSV))]:
-        if stale.exists():  # from an earlier report of this run: a section skipped now must not leave old files
-            stale.unlink()
+    # files of an earlier report: a section without its input now must not leave old ones behind
+    # (only our own names: out_dir may be a folder holding other files)
+    for name in (*(f"{n}.png" for n in FIGURE_NAMES), MISLABELED_CSV, TOP_LOSSES_CSV, FAILURES_CSV, COMPARISON_CSV):
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink()
 
     chosen: Dict[str, Any] = {}
     builders = [
