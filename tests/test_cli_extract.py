@@ -1,6 +1,5 @@
-"""`catdog-features extract` / `demo` and the TF-free `--help`."""
+"""`catdog-features extract` and the TF-free `--help` (the demo itself is run by tests/test_readme.py)."""
 
-import os
 import time
 
 import pytest
@@ -121,13 +120,3 @@ def test_unreachable_imagenet_download_is_a_clear_error(folder, tmp_path):
     assert error.startswith("catdog-features extract: error: Could not download the ImageNet weights for VGG16")
     assert "--weights PATH" in error and "--weights none" in error
 
-
-def test_demo_runs_quickly(tmp_path, capsys):
-    t0 = time.monotonic()
-    assert cli.main(["demo", "--out", str(tmp_path), "--n", "4", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert time.monotonic() - t0 < 60
-    assert "generated 8 labeled images" in out and "8 images -> 8 rows, 0 failures" in out
-    assert "cache hit=True" in out and "use ImageNet weights by default" in out
-    assert len(list((tmp_path / "features_cache").glob("MobileNetV2-64-plain-*.h5"))) == 1
-    assert os.path.isdir(tmp_path / "data" / "train")
