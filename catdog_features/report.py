@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -410,7 +410,7 @@ def plot_sweep_history(trials: Sequence[Dict[str, Any]], title: Optional[str] = 
     ax.set_xlabel("trial (in the order run)")
     ax.set_ylabel("validation log loss" + (f" (< {_PLOT_FLOOR:g} drawn at {_PLOT_FLOOR:g})" if log and min(losses) < _PLOT_FLOOR else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right", title="backbones", title_fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="backbones", title_fontsize=7)
     ax.set_title(title or f"sweep history: {len(trials)} trials ({len(failed)} failed)", fontsize=10)
     return fig
 
@@ -426,11 +426,18 @@ def varying_params(trials: Sequence[Dict[str, Any]]) -> List[str]:
     return sorted(k for k, v in values.items() if len(v) > 1)
 
 
-def plot_sweep_params(trials: Sequence[Dict[str, Any]], params: Optional[Sequence[str]] = None):
+def log_scaled_params(space_description: Optional[Mapping[str, str]]) -> List[str]:
+    """Keys searched on a log scale (``loguniform``/``qloguniform``), from a trials file's space description."""
+    return sorted(k for k, text in (space_description or {}).items() if "loguniform" in str(text))
+
+
+def plot_sweep_params(trials: Sequence[Dict[str, Any]], params: Optional[Sequence[str]] = None,
+                      log_params: Optional[Sequence[str]] = None):
     """Loss against each searched hyperparameter and the backbone subset, coloured by trial order.
 
     The picture to read after an overnight TPE sweep: where the good trials cluster, and
-    whether later trials (yellow) moved there.
+    whether later trials (yellow) moved there. ``log_params`` get a log x axis (default:
+    parameters whose values span two decades or more).
     """
     ok = sorted((t for t in trials if t["status"] == "ok" and t["loss"] is not None), key=lambda t: t["tid"])
     params = list(params if params is not None else varying_params(trials))
@@ -455,8 +462,12 @@ def plot_sweep_params(trials: Sequence[Dict[str, Any]], params: Optional[Sequenc
         numeric = key != "backbones" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
         if numeric:
             x = np.array(raw, dtype=np.float64)
-            if x.min() > 0 and x.max() / x.min() >= 10:
+            wide = x.min() > 0 and x.max() / x.min() >= 100
+            if x.min() > 0 and (key in log_params if log_params is not None else wide):
+                from matplotlib.ticker import NullFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short range
         else:  # categories (backbone subsets, optimizer names, ...) side by side, jittered
             if key == "backbones":
                 cats = sorted(subsets, key=lambda c: (c.count("+"), c))
@@ -901,7 +912,8 @@ def _section_sweep(data: _Run, sec: _Section, out_dir: Path) -> None:
                "validation log loss per trial, in the order run, with the best so far")
     shown = varying_params(trials)
     if shown or len({tuple(t["backbones"]) for t in trials if t["status"] == "ok"}) > 1:
-        sec.figure(plot_sweep_params(trials, shown), out_dir, "sweep_params",
+        log_params = log_scaled_params(meta.get("space")) if meta.get("space") else None
+        sec.figure(plot_sweep_params(trials, shown, log_params), out_dir, "sweep_params",
                    "validation log loss against each searched hyperparameter and the backbone subset")
     ok = sorted((t for t in trials if t["status"] == "ok"), key=lambda t: (t["loss"], t["tid"]))
     sec.table(["rank", "trial", "val log loss", "best epoch", "backbones", *shown, "seconds"],
