@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -142,8 +143,8 @@ def _dist_version(*names) -> Optional[str]:
     return None
 
 
-def library_versions() -> Dict[str, str]:
-    """TensorFlow and Keras versions, from package metadata (does not import TensorFlow)."""
+@functools.lru_cache(maxsize=None)
+def _library_versions() -> Tuple[Tuple[str, str], ...]:
     tf_version = _dist_version("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly")
     if tf_version is None:  # an unusual distribution name: ask the module itself
         import tensorflow as tf
@@ -154,7 +155,15 @@ def library_versions() -> Dict[str, str]:
         import keras
 
         keras_version = keras.__version__
-    return {"tensorflow": tf_version, "keras": keras_version}
+    return (("tensorflow", tf_version), ("keras", keras_version))
+
+
+def library_versions() -> Dict[str, str]:
+    """TensorFlow and Keras versions, from package metadata (does not import TensorFlow).
+
+    Looked up once per process: the modules in use do not change under a running process.
+    """
+    return dict(_library_versions())
 
 
 def entry_config(spec, weights_id: str, image_size: int, view: str, digest: str, n_inputs: int,
