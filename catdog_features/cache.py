@@ -18,7 +18,8 @@ Layout of one file
 * ``failures/position``, ``failures/path``, ``failures/reason``: one record per unusable image.
 * ``inputs/ids``, ``inputs/content_hash``: the fingerprinted image list, for inspection.
 * root attributes: ``format_version``, ``fingerprint``, ``n_inputs``, ``committed_inputs``,
-  ``complete`` and ``config`` (the fingerprint's inputs as JSON text, readable with
+  ``complete``, ``batch_size``, ``images_per_s`` (model throughput of the run that completed
+  it, informational) and ``config`` (the fingerprint's inputs as JSON text, readable with
   ``h5dump -A`` or ``h5py``).
 
 Strings are stored with a fixed width, never as variable-length strings: variable-length
@@ -690,11 +691,17 @@ class EntryWriter:
         self.committed = int(stop)
         _maybe_kill("commit", self._commits)
 
-    def finish(self) -> None:
-        """Mark the entry complete (every input committed)."""
+    def finish(self, images_per_s: Optional[float] = None) -> None:
+        """Mark the entry complete (every input committed).
+
+        ``images_per_s`` (the model's throughput in this run, if known) is recorded as an
+        informational attribute, read by :mod:`catdog_features.report`.
+        """
         if self.committed != self.n_inputs:
             raise ValueError(f"{self.path.name}: only {self.committed} of {self.n_inputs} inputs are committed.")
         if not self.complete:
+            if images_per_s:
+                self._f.attrs["images_per_s"] = float(images_per_s)
             self._f.attrs["complete"] = True
             self._sync()
             self.complete = True

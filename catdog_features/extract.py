@@ -446,7 +446,7 @@ def _compute(prep, todo, batch_size, view, num_workers, progress, lock_timeout, 
             )
         for name, writer in writers.items():
             if writer.committed == n:
-                writer.finish()
+                writer.finish(reports[name].images_per_s)
             datas[name] = writer.read()
         return processed, pass_seconds, pass_cpu
 

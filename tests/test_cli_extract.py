@@ -2,6 +2,7 @@
 
 import time
 
+import h5py
 import pytest
 
 from catdog_features import cli
@@ -50,6 +51,9 @@ def test_extract_prints_a_summary_then_hits_the_cache(folder, tmp_path, capsys):
         line = next(line for line in out.splitlines() if line.strip().startswith(name))
         assert f"32px  dim {dim}  computed 10 images" in line and "img/s" in line
     files = sorted(p.name for p in tmp_path.glob("*.h5"))
+    for path in tmp_path.glob("*.h5"):  # read by catdog_features.report
+        with h5py.File(path, "r", locking=False) as f:
+            assert f.attrs["images_per_s"] > 0
     assert len(files) == 2 and all(name in out for name in files)
     assert "pass: 10 images in" in out
 
