@@ -358,3 +358,20 @@ def _load(db):
         return store.load()
     finally:
         store.close()
+
+
+def test_timeout_stops_starting_trials_and_a_rerun_continues(tmp_path, fast_head, monkeypatch):
+    original_fit = FastHead.fit
+
+    def slow_fit(self, X, y, validation_data=None):
+        time.sleep(0.2)
+        return original_fit(self, X, y, validation_data)
+
+    monkeypatch.setattr(FastHead, "fit", slow_fit)
+    blocks, y = make_blocks()
+    path = tmp_path / "t.sqlite"
+    first = sweep(blocks, y, max_evals=40, trials_path=path, progress=False, timeout=0.5)
+    assert 1 <= len(first.trials) <= 5
+    monkeypatch.setattr(FastHead, "fit", original_fit)
+    second = sweep(blocks, y, max_evals=len(first.trials) + 2, trials_path=path, progress=False)
+    assert second.trials[: len(first.trials)] == first.trials and second.timings["n_new"] == 2
