@@ -127,15 +127,43 @@ def refit_top(result, X_tr, y_tr, X_te, top_k, args):
 
 
 def stage2_ensemble(result, train_fs, test_fs, args):
-    """The pipeline's own stage 2b: K-fold OOF heads of the top-k trials, ensembler + clip on OOF."""
-    from catdog_features.ensemble import clip_probabilities, fit_ensemblers, fit_oof, members_from_sweep
+    """The pipeline's own stage 2b: K-fold OOF heads of the top-k trials, ensembler + clip on OOF.
 
-    members = members_from_sweep(result, top_k=args.top_k)
-    oof = fit_oof(members, train_fs, test_fs, folds=args.folds, random_state=args.seed, progress=False)
-    ens = fit_ensemblers(oof, method="auto", clip="auto", random_state=args.seed)
-    proba = clip_probabilities(ens.combine(oof.test), ens.clip)
-    cv = {r["name"]: r["cv_log_loss"] for r in ens.scores}
-    return proba, f"method={ens.method}, clip={ens.clip:g} (chosen on OOF), OOF log loss {cv[ens.method]:.5f}"
+    Returns ``{label: (test probabilities, note)}`` for the heads alone and for the heads plus
+    one ``LogisticRegressionCV`` member (same folds; the blend / stacker / mean and the clip
+    are still chosen on OOF predictions only), which tests whether the ensemble stage
+    would gain from offering a linear member.
+    """
+    import dataclasses
+
+    from catdog_features.ensemble import (clip_probabilities, default_estimator_factory, fit_ensemblers, fit_oof,
+                                          members_from_sweep)
+
+    def factory(params, random_state):
+        if params.get("logistic_regression"):
+            from sklearn.linear_model import LogisticRegressionCV
+
+            return LogisticRegressionCV(Cs=np.logspace(-4, 4, 40), scoring="neg_log_loss", max_iter=10000)
+        return default_estimator_factory(params, random_state)
+
+    heads = members_from_sweep(result, top_k=args.top_k)
+    linear = {"name": "logreg", "params": {"logistic_regression": True}, "backbones": list(train_fs.backbones)}
+    oof = fit_oof([*heads, linear], train_fs, test_fs, folds=args.folds, random_state=args.seed,
+                  estimator_factory=factory, progress=False)
+    out = {}
+    for label, names in ((f"stage 2 ensemble of top-{args.top_k}", [m["name"] for m in heads]),
+                         (f"stage 2 ensemble of top-{args.top_k} + LR member", [m["name"] for m in heads] + ["logreg"])):
+        sub = dataclasses.replace(
+            oof, members=[m for m in oof.members if m["name"] in names],
+            oof={n: oof.oof[n] for n in names}, test={n: oof.test[n] for n in names},
+        )
+        ens = fit_ensemblers(sub, method="auto", clip="auto", random_state=args.seed)
+        cv = {r["name"]: r["cv_log_loss"] for r in ens.scores}
+        weights = ", ".join(f"{n}={w:.2f}" for n, w in ens.weights.items()) if ens.method == "blend" else ""
+        out[label] = (clip_probabilities(ens.combine(sub.test), ens.clip),
+                      f"method={ens.method}{' (' + weights + ')' if weights else ''}, clip={ens.clip:g}, "
+                      f"OOF log loss {cv[ens.method]:.5f}")
+    return out
 
 
 def run_dataset(name, args, trials_dir):
@@ -166,10 +194,14 @@ def run_dataset(name, args, trials_dir):
     t = result.timings
     n_new = max(1, t.get("n_new", 0))
     overhead = (t["suggest"] + t["persist"]) / n_new
-    print(f"sweep: {len(result.trials)} trials ({t.get('n_new', 0)} run now) in {sweep_s:.0f} s; best validation loss "
-          f"{result.best_loss:.5f}; TPE overhead per trial {1000 * overhead:.1f} ms (suggest "
-          f"{1000 * t['suggest'] / n_new:.1f} ms + commit {1000 * t['persist'] / n_new:.1f} ms) vs mean trial "
-          f"{t['trials'] / n_new:.2f} s ({100 * overhead / max(t['trials'] / n_new, 1e-9):.2f} %)")
+    if not t.get("n_new"):
+        print(f"sweep: {len(result.trials)} trials read back from the trials file (none run now); best validation "
+              f"loss {result.best_loss:.5f}")
+    else:
+        print(f"sweep: {len(result.trials)} trials ({t.get('n_new', 0)} run now) in {sweep_s:.0f} s; best validation loss "
+              f"{result.best_loss:.5f}; TPE overhead per trial {1000 * overhead:.1f} ms (suggest "
+              f"{1000 * t['suggest'] / n_new:.1f} ms + commit {1000 * t['persist'] / n_new:.1f} ms) vs mean trial "
+              f"{t['trials'] / n_new:.2f} s ({100 * overhead / max(t['trials'] / n_new, 1e-9):.2f} %)")
 
     ours = {}
     for k in sorted({1, args.top_k}):
@@ -180,12 +212,12 @@ def run_dataset(name, args, trials_dir):
         print(f"DenseHead {label}, refitted: test log loss {ours[label]:.5f}; ours/LR = {ours[label] / lr_loss:.3f} "
               f"(95% bootstrap {lo:.2f}-{hi:.2f}) [{', '.join(used)}]")
     t0 = time.perf_counter()
-    proba, note = stage2_ensemble(result, train_fs, test_fs, args)
-    label = f"stage 2 ensemble of top-{args.top_k}"
-    ours[label] = log_loss(y_te, proba, labels=np.arange(len(classes)))
-    lo, hi = ratio_ci(sample_losses(proba, y_te), sample_losses(lr_proba, y_te), args.seed)
-    print(f"DenseHead {label}: test log loss {ours[label]:.5f}; ours/LR = {ours[label] / lr_loss:.3f} "
-          f"(95% bootstrap {lo:.2f}-{hi:.2f}) [{args.folds}-fold OOF heads, {note}; {time.perf_counter() - t0:.0f} s]")
+    for label, (proba, note) in stage2_ensemble(result, train_fs, test_fs, args).items():
+        ours[label] = log_loss(y_te, proba, labels=np.arange(len(classes)))
+        lo, hi = ratio_ci(sample_losses(proba, y_te), sample_losses(lr_proba, y_te), args.seed)
+        print(f"DenseHead {label}: test log loss {ours[label]:.5f}; ours/LR = {ours[label] / lr_loss:.3f} "
+              f"(95% bootstrap {lo:.2f}-{hi:.2f}) [{args.folds}-fold OOF, chosen on OOF: {note}]")
+    print(f"(stage 2 OOF fits: {time.perf_counter() - t0:.0f} s)")
     return {"dataset": name, "lr": lr_loss, "ours": ours}
 
 
