@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-import numpy as np
 
 #: Seed used to initialise weights when ``weights=None``, so random-init features are reproducible.
 RANDOM_INIT_SEED = 1337

@@ -9,7 +9,6 @@ import base64
 import csv
 import html.parser
 import io
-import json
 import shutil
 import warnings
 from pathlib import Path

@@ -12,6 +12,8 @@ printed at the end. Standard library only at module level; the work is imported 
 from __future__ import annotations
 
 import argparse
+
+from catdog_features.commands import _argtypes
 import sys
 import tempfile
 import time
@@ -33,21 +35,12 @@ DEMO_BACKBONES = ("MobileNetV2", "ResNet50")
 DEMO_IMAGE_SIZE = 64
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
-    return value
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder for the generated data, cache and run folder (default: a temporary folder, "
                         "removed at the end)")
-    parser.add_argument("--n", type=_positive_int, default=24, metavar="N",
+    parser.add_argument("--n", type=_argtypes.positive_int, default=24, metavar="N",
                         help="generated training images per class (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -7,6 +7,8 @@ imported inside :func:`run`.
 from __future__ import annotations
 
 import argparse
+
+from catdog_features.commands import _argtypes
 import os
 import sys
 
@@ -19,24 +21,6 @@ DESCRIPTION = (
 )
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
-    return value
-
-
-def _size(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 (native size) or a positive integer, received {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 (native size) or a positive integer, received {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,14 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="imagenet", metavar="W",
                         help="imagenet | none | PATH to a weights file (one backbone) | NAME=PATH,NAME=imagenet,... "
                              "(default: %(default)s)")
-    parser.add_argument("--image-size", type=_size, default=0, metavar="N",
+    parser.add_argument("--image-size", type=_argtypes.image_size, default=0, metavar="N",
                         help="one square input size for every backbone; 0: each backbone's native size (default)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+    parser.add_argument("--batch-size", type=_argtypes.positive_int, default=32, metavar="N",
                         help="images per model call; keep it when resuming (default: %(default)s)")
     parser.add_argument("--labels-csv", default=None, metavar="F", help="labels.csv (id,<class>) for DATA")
     parser.add_argument("--view", choices=("plain", "hflip"), default="plain",
                         help="plain images or left-right mirrored ones (a cached TTA view) (default: %(default)s)")
-    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--workers", type=_argtypes.positive_int, default=None, metavar="N",
                         help="image decoding threads (default: number of CPUs)")
     parser.add_argument("--lock-timeout", type=float, default=30.0, metavar="S",
                         help="seconds to wait for another process writing the same entry (default: %(default)s)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from catdog_features.commands import _argtypes
 
 HELP = "write the HTML/Markdown report (plots, tables, error analysis) of a run folder"
 DESCRIPTION = (
@@ -15,36 +15,18 @@ DESCRIPTION = (
 )
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
-    return value
-
-
-def _probability(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], received {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], received {text!r}")
-    return value
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (holds manifest.json, trials.sqlite, oof.h5, ...)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write everything (report.html included) into DIR instead of RUN_DIR/report.html + RUN_DIR/report/")
-    parser.add_argument("--top-n", type=_positive_int, default=16, metavar="N",
+    parser.add_argument("--top-n", type=_argtypes.positive_int, default=16, metavar="N",
                         help="highest-loss training images in the grid (default: %(default)s)")
-    parser.add_argument("--threshold", type=_probability, default=0.9, metavar="P",
+    parser.add_argument("--threshold", type=_argtypes.probability, default=0.9, metavar="P",
                         help="confidence of a wrong OOF prediction that lists an image in likely_mislabeled.csv "
                         "(default: %(default)s)")
-    parser.add_argument("--max-curves", type=_positive_int, default=4, metavar="K",
+    parser.add_argument("--max-curves", type=_argtypes.positive_int, default=4, metavar="K",
                         help="members whose fold heads' training curves are drawn (default: %(default)s)")
 
 
