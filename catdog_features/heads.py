@@ -20,10 +20,11 @@ from typing import Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted
+
+from catdog_features.splitting import holdout_split
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -355,9 +356,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
     def _split(self, y_enc, fraction, seed):
         """Stratified hold-out indices (train_idx, val_idx), as sorted int64 arrays."""
-        idx = np.arange(len(y_enc))
         try:
-            tr, va = train_test_split(idx, test_size=fraction, stratify=y_enc, random_state=seed)
+            tr, va = holdout_split(y_enc, fraction, seed)
         except ValueError as exc:
             raise ValueError(
                 f"Could not hold out a stratified validation_split={self.validation_split!r} "

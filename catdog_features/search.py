@@ -241,15 +241,15 @@ def _plan_folds(y: np.ndarray, cv: Optional[int], validation_split: float, rando
     Returns ``(order, bounds)`` with ``bounds`` a list of ``(start, stop)`` of each fold's
     validation rows in the reordered matrix.
     """
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import StratifiedKFold
+
+    from catdog_features.splitting import holdout_split
 
     n = len(y)
     if cv is None:
         if not 0.0 < float(validation_split) < 1.0:
             raise ValueError(f"Received validation_split={validation_split!r}; expected a fraction in (0, 1).")
-        train, val = train_test_split(
-            np.arange(n), test_size=validation_split, stratify=y, random_state=random_state
-        )
+        train, val = holdout_split(y, validation_split, random_state)
         return np.concatenate([train, val]), [(len(train), n)]
     if isinstance(cv, bool) or int(cv) != cv or int(cv) < 2:
         raise ValueError(f"Received cv={cv!r}; expected None (hold-out) or an int >= 2 folds.")
