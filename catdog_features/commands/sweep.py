@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from catdog_features.commands import _argtypes
+
 HELP = "search head hyperparameters and backbone subsets with Hyperopt TPE (resumable)"
 DESCRIPTION = (
     "Get the features of DATA (from the cache if `extract` ran before, else computed now), then "
@@ -23,25 +25,7 @@ DESCRIPTION = (
 )
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
-    return value
 
-
-def _folds(text):
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 folds, received {text!r}")
-    return value
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), received {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,12 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-evals", type=int, default=100, help="total trials wanted in the trials file (default: %(default)s)")
     parser.add_argument("--trials", default=None,
                         help="SQLite trials file (default: <cache>/sweep-<hash of data and settings>.sqlite)")
-    parser.add_argument("--cv", type=_folds, default=None, help="k-fold CV objective (default: one hold-out split)")
-    parser.add_argument("--validation-split", type=_fraction, default=0.2, help="hold-out fraction (default: %(default)s)")
+    parser.add_argument("--cv", type=_argtypes.folds, default=None, help="k-fold CV objective (default: one hold-out split)")
+    parser.add_argument("--validation-split", type=_argtypes.fraction, default=0.2, help="hold-out fraction (default: %(default)s)")
     parser.add_argument("--no-search-backbones", action="store_true", help="always concatenate all backbones instead of searching subsets")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the heads and TPE (default: %(default)s)")
-    parser.add_argument("--epochs", type=_positive_int, default=None, help="max epochs per head (default: the space's, 200)")
-    parser.add_argument("--patience", type=_positive_int, default=None, help="early-stopping patience (default: the space's, 8)")
+    parser.add_argument("--epochs", type=_argtypes.positive_int, default=None, help="max epochs per head (default: the space's, 200)")
+    parser.add_argument("--patience", type=_argtypes.positive_int, default=None, help="early-stopping patience (default: the space's, 8)")
     parser.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds")
     parser.add_argument("--new", action="store_true", help="move an existing trials file aside and start a new sweep")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
