@@ -101,6 +101,11 @@ def _few(items) -> str:
     return f"[{shown}]{more}"
 
 
+def _differences(*labelled) -> str:
+    """``"label: [a, b] (2); label2: ..."`` for the non-empty lists of ``(label, items)`` pairs."""
+    return "; ".join(f"{label}: {_few(items)}" for label, items in labelled if items)
+
+
 def _fmt(value: float, float_format: str) -> str:
     return float_format % value
 
@@ -240,13 +245,9 @@ def write_submission(
         if extra_classes or (missing_classes and not allow_missing_classes):
             raise SubmissionMismatchError(
                 "Class columns differ from the sample submission: "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"missing from the model (in the sample only): {_few(missing_classes)}" if missing_classes else "",
-                        f"extra (model classes not in the sample): {_few(extra_classes)}" if extra_classes else "",
-                    )
-                    if part
+                + _differences(
+                    ("missing from the model (in the sample only)", missing_classes),
+                    ("extra (model classes not in the sample)", extra_classes),
                 )
                 + ". Expected the sample's columns to be exactly the training classes"
                 + (" (or pass allow_missing_classes=True / --allow-missing-classes)." if missing_classes and not extra_classes else ".")
@@ -264,18 +265,15 @@ def write_submission(
 
     row_of = {image_id: k for k, image_id in enumerate(ids)}
     if sample is not None:
+        sample_ids = set(sample.ids)
         missing_ids = [i for i in sample.ids if i not in row_of]
-        extra_ids = [i for i in ids if i not in set(sample.ids)]
+        extra_ids = [i for i in ids if i not in sample_ids]
         if missing_ids or extra_ids:
             raise SubmissionMismatchError(
                 "Test ids differ from the sample submission: "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"missing (in the sample, no prediction): {_few(missing_ids)}" if missing_ids else "",
-                        f"extra (predicted, not in the sample): {_few(extra_ids)}" if extra_ids else "",
-                    )
-                    if part
+                + _differences(
+                    ("missing (in the sample, no prediction)", missing_ids),
+                    ("extra (predicted, not in the sample)", extra_ids),
                 )
                 + ". Expected predictions for exactly the sample's ids; check the test folder."
             )
