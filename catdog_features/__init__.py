@@ -1,8 +1,11 @@
 """catdog-features: image classification by transfer learning from cached features.
 
-Stage 1 extracts pooled vectors of frozen ImageNet backbones once into a fingerprinted,
-crash-safe HDF5 cache; stage 2 trains cheap dense heads on them, searches their
-hyperparameters with Hyperopt TPE, ensembles the best and writes Kaggle submissions.
+Stage 1 (:mod:`catdog_features.features`) runs frozen backbones once over the images into
+a crash-safe HDF5 feature store; stage 2 (:mod:`~catdog_features.heads`,
+:mod:`~catdog_features.search`, :mod:`~catdog_features.ensemble`) trains cheap heads on the
+vectors, searches their hyperparameters with Hyperopt TPE, ensembles the best on out-of-fold
+predictions; :mod:`~catdog_features.run` runs it all from one config and writes Kaggle
+submissions. ``docs/architecture.md`` maps the modules and the on-disk formats.
 
 Heavy modules (TensorFlow) load lazily: importing the package is cheap.
 """
@@ -15,21 +18,21 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it; resolved on first attribute access
 _LAZY = {
-    "BACKBONES": "backbones",
-    "BackboneSpec": "backbones",
-    "get_backbone": "backbones",
-    "WeightsDownloadError": "backbones",
-    "load_dataset": "datasets",
-    "ImageSet": "datasets",
-    "decode_image": "reader",
-    "read_batches": "reader",
-    "ImageReadError": "reader",
-    "FeatureSet": "featureset",
-    "extract_features": "extract",
-    "extract_with_report": "extract",
-    "cache_entries": "extract",
-    "CacheLockedError": "cache",
-    "CacheWarning": "cache",
+    "BACKBONES": "features.backbones",
+    "BackboneSpec": "features.backbones",
+    "get_backbone": "features.backbones",
+    "WeightsDownloadError": "features.backbones",
+    "load_dataset": "features.datasets",
+    "ImageSet": "features.datasets",
+    "decode_image": "features.reader",
+    "read_batches": "features.reader",
+    "ImageReadError": "features.reader",
+    "FeatureSet": "features.featureset",
+    "extract_features": "features.extract",
+    "extract_with_report": "features.extract",
+    "cache_entries": "features.extract",
+    "CacheLockedError": "features.cache",
+    "CacheWarning": "features.cache",
     "DenseHead": "heads",
     "lr_find": "heads",
     "sweep": "search",
@@ -41,11 +44,11 @@ _LAZY = {
     "OOFPredictions": "ensemble",
     "EnsembleResult": "ensemble",
     "write_submission": "submission",
-    "load_config": "config",
-    "RunConfig": "config",
-    "run_pipeline": "pipeline",
-    "predict_folder": "pipeline",
-    "RunDir": "rundir",
+    "load_config": "run.config",
+    "RunConfig": "run.config",
+    "run_pipeline": "run.pipeline",
+    "predict_folder": "run.pipeline",
+    "RunDir": "run.rundir",
     "write_report": "report",
 }
 

@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from catdog_features.datasets import natural_key
+from catdog_features.features.datasets import natural_key
 
 #: Column name of the binary format (Kaggle Dogs vs Cats).
 BINARY_COLUMN = "label"

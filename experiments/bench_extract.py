@@ -5,7 +5,7 @@ cannot be downloaded here, and they do not change the speed):
 
 (a) ours: ``extract_with_report`` into a fresh cache -- images/s of the pass (read, decode,
     resize, all models, HDF5 commits); model construction + compile is reported apart;
-(b) the forward-only limit: the same compiled models (:class:`catdog_features.extract.Mapper`)
+(b) the forward-only limit: the same compiled models (:class:`catdog_features.features.mapper.Mapper`)
     on one in-memory batch, no I/O;
 (c) the naive loop users write: for each backbone, load every image with PIL, resize,
     ``preprocess_input``, then ``model.predict`` (the images are read and decoded once per
@@ -97,10 +97,11 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args(argv)
 
-    from catdog_features.backbones import parse_backbones, get_backbone
-    from catdog_features.datasets import load_dataset
-    from catdog_features.extract import Mapper, extract_features, extract_with_report
-    from catdog_features.reader import ImageReadError, decode_image, resize_image
+    from catdog_features.features.backbones import parse_backbones, get_backbone
+    from catdog_features.features.datasets import load_dataset
+    from catdog_features.features.extract import extract_features, extract_with_report
+    from catdog_features.features.mapper import Mapper
+    from catdog_features.features.reader import ImageReadError, decode_image, resize_image
 
     names = parse_backbones(args.backbones)
     image_size = args.image_size or None

@@ -169,7 +169,7 @@ def stage2_ensemble(result, train_fs, test_fs, args):
 def run_dataset(name, args, trials_dir):
     from sklearn.metrics import log_loss
 
-    from catdog_features.featureset import FeatureSet
+    from catdog_features.features.featureset import FeatureSet
     from catdog_features.search import sweep
 
     X, y = load(name)

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from catdog_features import backbones as bb
-from catdog_features.backbones import (
+from catdog_features.features import backbones as bb
+from catdog_features.features.backbones import (
     BACKBONES,
     RANDOM_INIT_SEED,
     BackboneSpec,
@@ -17,8 +17,9 @@ from catdog_features.backbones import (
     parse_backbones,
     weights_identity,
 )
-from catdog_features.extract import DOWNLOAD_SOCKET_TIMEOUT, extract_features
-from catdog_features.reader import decode_image, resize_image
+from catdog_features.features.extract import extract_features
+from catdog_features.features.mapper import DOWNLOAD_SOCKET_TIMEOUT
+from catdog_features.features.reader import decode_image, resize_image
 from extract_helpers import make_images
 
 # Backbones whose reference model is built a second time, independently, from the same seed

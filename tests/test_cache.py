@@ -1,4 +1,4 @@
-"""catdog_features.cache: fingerprints, planning, commit/truncate/resume, corrupt files, locks."""
+"""catdog_features.features.cache: fingerprints, planning, commit/truncate/resume, corrupt files, locks."""
 
 import itertools
 import json
@@ -13,9 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
-from catdog_features import cache
-from catdog_features.backbones import get_backbone
-from catdog_features.cache import (
+from catdog_features.features import cache
+from catdog_features.features.backbones import get_backbone
+from catdog_features.features.cache import (
     CacheLockedError,
     CacheWarning,
     EntryLock,
@@ -23,7 +23,7 @@ from catdog_features.cache import (
     Segment,
     plan_segments,
 )
-from catdog_features.extract import cache_entries, extract_features
+from catdog_features.features.extract import cache_entries, extract_features
 from extract_helpers import BAD_FILES, make_images, run_python
 
 # --------------------------------------------------------------------------- planning
@@ -161,7 +161,7 @@ def test_fingerprint_covers_library_versions(field, value):
     base = cache.entry_config(spec, "imagenet", 224, "plain", "d" * 64, 3, versions)
     other = cache.entry_config(spec, "imagenet", 224, "plain", "d" * 64, 3, dict(versions, **{field: value}))
     assert cache.fingerprint(base) != cache.fingerprint(other)
-    from catdog_features.reader import READER_VERSION
+    from catdog_features.features.reader import READER_VERSION
 
     assert base["reader_version"] == READER_VERSION
 
@@ -442,7 +442,7 @@ def test_hdf5_lock_conflict_is_reported_not_treated_as_corruption(tmp_path):
     # HDF5 reads HDF5_USE_FILE_LOCKING once per process, and it overrides locking=False.
     code = f"""
         import numpy as np, test_cache
-        from catdog_features.cache import CacheLockedError
+        from catdog_features.features.cache import CacheLockedError
         try:
             test_cache._open(__import__("pathlib").Path({str(path)!r}))
         except CacheLockedError as exc:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from catdog_features.config import apply_overrides, check_paths, load_config, parse_config, to_hyperopt
+from catdog_features.run.config import apply_overrides, check_paths, load_config, parse_config, to_hyperopt
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.toml"))

@@ -1,4 +1,4 @@
-"""catdog_features.datasets: layout detection, labels, id order, errors, the real sample data."""
+"""catdog_features.features.datasets: layout detection, labels, id order, errors, the real sample data."""
 
 import csv
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catdog_features.datasets import ImageSet, load_dataset, natural_key
+from catdog_features.features.datasets import ImageSet, load_dataset, natural_key
 
 
 def touch(folder: Path, *names, data=b"not decoded here"):

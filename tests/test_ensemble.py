@@ -18,7 +18,7 @@ from catdog_features.ensemble import (
     members_from_sweep,
     oof_key,
 )
-from catdog_features.featureset import FeatureSet
+from catdog_features.features.featureset import FeatureSet
 
 
 def make_features(n_per_class=30, n_classes=2, dims=(6, 4), seed=0, test=0, noise=1.5):
@@ -154,7 +154,7 @@ def test_stacker_score_is_nested_cv_not_in_sample():
     for k in range(5):
         tr, te = nested != k, nested == k
         st = ens.fit_stacker([p[tr] for p in probs.values()], y[tr], 2)
-        expected[te] = ens._apply_stacker(st, [p[te] for p in probs.values()], 2)
+        expected[te] = ens.apply_stacker(st, [p[te] for p in probs.values()], 2)
     assert stack["log_loss"] == pytest.approx(log_loss(expected, y))
     assert result.method != "stack"
 
@@ -211,7 +211,7 @@ def test_save_load_and_refit_ensemblers_without_any_head_fit(binary_oof, tmp_pat
         raise AssertionError("a head was refitted")
 
     monkeypatch.setattr("catdog_features.heads.DenseHead.fit", boom)
-    monkeypatch.setattr(ens, "default_estimator_factory", boom)
+    monkeypatch.setattr(ens.oof, "default_estimator_factory", boom)
     loaded = OOFPredictions.load(path)
     assert loaded.key == oof.key and loaded.members == oof.members
     np.testing.assert_array_equal(loaded.folds, oof.folds)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catdog_features import reader
-from catdog_features.backbones import BackboneSpec
-from catdog_features.cache import CacheWarning
-from catdog_features.extract import Mapper, extract_features, extract_with_report
-from catdog_features.reader import decode_image
+from catdog_features.features import reader
+from catdog_features.features.backbones import BackboneSpec
+from catdog_features.features.cache import CacheWarning
+from catdog_features.features.extract import extract_features, extract_with_report
+from catdog_features.features.mapper import Mapper
+from catdog_features.features.reader import decode_image
 from extract_helpers import make_images, run_python
 
 SMALL = dict(weights=None, image_size=32, batch_size=4, progress=False)
@@ -52,7 +53,7 @@ def test_reference_accounting(reference):
 
 KILL_SCRIPT = """
 import sys
-from catdog_features.extract import extract_features
+from catdog_features.features.extract import extract_features
 extract_features(sys.argv[1], backbones=("VGG16", "MobileNetV2"), cache_dir=sys.argv[2], weights=None,
                  image_size=32, batch_size=4, progress=False)
 print("not killed")
@@ -114,7 +115,7 @@ def test_cache_hit_does_not_import_tensorflow(images, reference):
     cache_dir = os.path.dirname(reference.cache_files["VGG16"])
     code = f"""
         import sys
-        from catdog_features.extract import extract_features
+        from catdog_features.features.extract import extract_features
         fs = extract_features({str(images)!r}, backbones=("VGG16", "MobileNetV2"), cache_dir={cache_dir!r},
                               weights=None, image_size=32, batch_size=4, progress=False)
         print(len(fs), all(fs.cache_hits.values()), "tensorflow" in sys.modules)
@@ -213,7 +214,7 @@ def test_weights_dict_per_backbone(images, reference, tmp_path):
 
 
 def test_mapper_pads_to_one_shape_and_never_retraces():
-    from catdog_features.backbones import get_backbone
+    from catdog_features.features.backbones import get_backbone
 
     mapper = Mapper(get_backbone("VGG16"), None, 32, 4)
     x = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""catdog_features.reader: decoding, conversions, bad-file reasons, batching, shutdown."""
+"""catdog_features.features.reader: decoding, conversions, bad-file reasons, batching, shutdown."""
 
 import contextlib
 import gc
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from catdog_features import reader
-from catdog_features.reader import ImageReadError, decode_image, read_batches, read_image, resize_image
+from catdog_features.features import reader
+from catdog_features.features.reader import ImageReadError, decode_image, read_batches, read_image, resize_image
 
 RNG = np.random.default_rng(0)
 ARR = RNG.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)  # H=30, W=40; for lossless formats
@@ -202,7 +202,7 @@ def test_import_and_decoding_leave_pillow_globals_alone(tmp_path):
         "from PIL import Image, ImageFile\n"
         "before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)\n"
         "import warnings; filters = list(warnings.filters)\n"
-        "from catdog_features import reader\n"
+        "from catdog_features.features import reader\n"
         f"reader.decode_image({str(write(tmp_path, 'x.png', PNG))!r})\n"
         "try:\n"
         f"    reader.decode_image({str(write(tmp_path, 'y.jpg', JPEG[:-2]))!r})\n"

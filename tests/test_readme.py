@@ -112,7 +112,7 @@ def check_catdog(argv):
     except SystemExit as exc:  # argparse's way of saying "bad flag"
         raise AssertionError(f"README command does not parse: catdog-features {shlex.join(argv)}") from exc
     if args.command == "run":
-        from catdog_features.config import load_config
+        from catdog_features.run.config import load_config
 
         config = load_config(REPO / args.config, args.overrides)  # keys and values validated
         assert config.output.dir is not None

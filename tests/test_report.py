@@ -19,7 +19,7 @@ from PIL import Image
 
 from catdog_features import report as rp
 from catdog_features.cli import main
-from catdog_features.rundir import RunDir
+from catdog_features.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "experiments" / "tiny.toml"
@@ -30,8 +30,8 @@ PLANTED_MISLABELED = ("cat.100", "cat.101")
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from catdog_features.config import load_config
-    from catdog_features.pipeline import run_pipeline
+    from catdog_features.run.config import load_config
+    from catdog_features.run.pipeline import run_pipeline
     from catdog_features.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("report_run")
@@ -160,7 +160,7 @@ def test_comparison_table_uses_recorded_numbers_only(tiny_run):
     header, rows = read_csv(run.report / rp.COMPARISON_CSV)
     table = {r[0]: dict(zip(header, r)) for r in rows}
     extract = manifest["stages"]["extract"]
-    from catdog_features.backbones import get_backbone
+    from catdog_features.features.backbones import get_backbone
 
     assert len(extract["settings"]["backbones"]) >= 2
     for name in extract["settings"]["backbones"]:

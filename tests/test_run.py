@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from catdog_features.cli import main
-from catdog_features.datasets import natural_key
+from catdog_features.features.datasets import natural_key
 from catdog_features.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_run_oof_file_covers_every_training_image_once(binary_run):
 
 
 def test_rerun_reuses_cache_trials_and_oof(binary_run, monkeypatch):
-    from catdog_features.backbones import BackboneSpec
+    from catdog_features.features.backbones import BackboneSpec
     from catdog_features.heads import DenseHead
 
     def no_model_work(*args, **kwargs):
@@ -235,7 +235,7 @@ def test_run_on_shared_dogs_vs_cats_writes_valid_submission(shared_data, tmp_pat
 @pytest.mark.parametrize("n", [4, 24])
 def test_demo_config_is_a_valid_run_config(tmp_path, n):
     from catdog_features.commands.demo import demo_config
-    from catdog_features.config import parse_config
+    from catdog_features.run.config import parse_config
 
     config = parse_config(demo_config(tmp_path, n), base_dir=tmp_path, name="demo")
     assert config.extract.weights is None and config.output.dir == (tmp_path / "run").resolve()

@@ -14,7 +14,8 @@ import pytest
 from hyperopt import hp
 
 from catdog_features import search
-from catdog_features.featureset import FeatureSet
+from catdog_features.search import tpe
+from catdog_features.features.featureset import FeatureSet
 from catdog_features.search import SweepResult, backbone_space, default_space, sweep
 
 
@@ -50,7 +51,7 @@ class FastHead:
 @pytest.fixture
 def fast_head(monkeypatch):
     FastHead.fits = []
-    monkeypatch.setattr(search, "_head_class", lambda: FastHead)
+    monkeypatch.setattr("catdog_features.heads.DenseHead", FastHead)
     return FastHead
 
 
@@ -86,7 +87,7 @@ def test_each_trial_is_committed_before_the_next_starts(tmp_path, fast_head, mon
                 committed_at_fit.append(conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
             return super().fit(X, y, validation_data)
 
-    monkeypatch.setattr(search, "_head_class", lambda: Spy)
+    monkeypatch.setattr("catdog_features.heads.DenseHead", Spy)
     blocks, y = make_blocks()
     result = sweep(blocks, y, max_evals=6, trials_path=path, progress=False)
     assert committed_at_fit == [0, 1, 2, 3, 4, 5]
@@ -189,9 +190,9 @@ def test_subset_space_enumerates_small_sets_and_switches_large_ones(fast_head, t
     large = backbone_space(names)
     assert isinstance(large, dict) and sorted(large) == names
     # all switches off -> the best single backbone so far, else the first
-    assert search._resolve_backbones({n: False for n in names}, names, None) == ["N0"]
-    assert search._resolve_backbones({n: False for n in names}, names, "N5") == ["N5"]
-    assert search._resolve_backbones({"N3": True, "N1": True}, names, None) == ["N1", "N3"]
+    assert tpe.resolve_backbones({n: False for n in names}, names, None) == ["N0"]
+    assert tpe.resolve_backbones({n: False for n in names}, names, "N5") == ["N5"]
+    assert tpe.resolve_backbones({"N3": True, "N1": True}, names, None) == ["N1", "N3"]
     # and a sweep over 8 backbones runs
     rng = np.random.default_rng(0)
     y = np.arange(60) % 2

@@ -1,4 +1,4 @@
-"""argparse ``type=`` converters shared by the sub-commands (standard library only).
+"""argparse ``type=`` converters shared by the sub-commands, on :mod:`catdog_features._checks`.
 
 Each returns the converted value or raises ``argparse.ArgumentTypeError`` naming what was
 received and what was expected, so argparse prints a one-line usage error.
@@ -8,37 +8,51 @@ from __future__ import annotations
 
 import argparse
 
+from catdog_features import _checks
 
-def _checked(text, convert, ok, expected):
+
+def _converted(text, convert, problem):
     try:
         value = convert(text)
     except ValueError:
-        value = None
-    if value is None or not ok(value):
+        value = text
+    expected = problem(value)
+    if expected:
         raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
     return value
 
 
 def positive_int(text):
     """An integer >= 1 (counts, batch sizes, workers)."""
-    return _checked(text, int, lambda v: v >= 1, "an integer >= 1")
+    return _converted(text, int, lambda v: _checks.expect_int(v, 1))
+
+
+def non_negative_int(text):
+    """An integer >= 0."""
+    return _converted(text, int, lambda v: _checks.expect_int(v, 0))
 
 
 def image_size(text):
     """0 (each backbone's native size) or a positive integer."""
-    return _checked(text, int, lambda v: v >= 0, "0 (native size) or a positive integer")
+    return _converted(text, int, lambda v: _checks.expect_int(v, 0) and "0 (native size) or a positive integer")
 
 
 def folds(text):
     """A number of cross-validation folds (>= 2)."""
-    return _checked(text, int, lambda v: v >= 2, "an integer >= 2 folds")
+    return _converted(text, int, lambda v: _checks.expect_int(v, 2) and "an integer >= 2 folds")
 
 
 def fraction(text):
     """A fraction strictly between 0 and 1 (hold-out share)."""
-    return _checked(text, float, lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)")
+    return _converted(text, float,
+                      lambda v: _checks.expect_float(v, 0.0, 1.0, low_open=True, high_open=True) and "a fraction in (0, 1)")
 
 
 def probability(text):
     """A probability in (0, 1] (confidence thresholds)."""
-    return _checked(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+    return _converted(text, float, lambda v: _checks.expect_float(v, 0.0, 1.0, low_open=True))
+
+
+def seconds(text):
+    """A non-negative number of seconds."""
+    return _converted(text, float, lambda v: _checks.expect_float(v, 0.0))

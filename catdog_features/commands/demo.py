@@ -71,9 +71,9 @@ def run(args) -> int:
 
 def _demo(out: Path, args, temporary: bool) -> int:
     from catdog_features.commands.extract import format_summary
-    from catdog_features.config import parse_config
-    from catdog_features.extract import extract_with_report
-    from catdog_features.pipeline import format_outputs, run_pipeline
+    from catdog_features.run.config import parse_config
+    from catdog_features.features.extract import extract_with_report
+    from catdog_features.run.pipeline import format_outputs, run_pipeline
     from catdog_features.synthetic import make_dataset
 
     say = print

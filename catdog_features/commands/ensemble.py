@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--labels-csv", default=None, metavar="CSV", help="labels.csv for --data")
     parser.add_argument("--test", default=None, metavar="DIR", help="unlabelled test folder to predict")
     parser.add_argument("--cache", default="features_cache", metavar="DIR", help="feature cache (default: features_cache)")
-    parser.add_argument("--weights", default="imagenet", metavar="W", help="imagenet | none | PATH (as for extract)")
+    parser.add_argument("--weights", default="imagenet", metavar="W",
+                        help="imagenet | none | PATH (one backbone) | NAME=PATH,... (as for extract)")
     parser.add_argument("--image-size", type=int, default=0, metavar="N", help="0: native size (as for extract)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="members: the K best distinct trials (default 5)")
@@ -36,8 +37,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from catdog_features.ensemble import members_from_sweep
-    from catdog_features.pipeline import ExtractionSettings, fit_ensemble_stage, load_features
-    from catdog_features.rundir import RunDir
+    from catdog_features.features.backbones import parse_weights
+    from catdog_features.run.pipeline import ExtractionSettings, fit_ensemble_stage, load_features
+    from catdog_features.run.rundir import RunDir
     from catdog_features.search import TrialStore
 
     clip = args.clip if args.clip == "auto" else float(args.clip)
@@ -51,7 +53,7 @@ def run(args) -> int:
         store.close()
     members = members_from_sweep(trials, args.top_k)
     backbones = tuple(dict.fromkeys(b for m in members for b in m["backbones"]))
-    weights = None if args.weights.lower() == "none" else args.weights
+    weights = parse_weights(args.weights)
     settings = ExtractionSettings(backbones, weights, args.image_size or None, args.batch_size,
                                   str(Path(args.cache).absolute()))
     train = load_features(args.data, settings, labels_csv=args.labels_csv, progress=args.progress)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from catdog_features.commands import _argtypes
-import os
 import sys
 
 HELP = "extract pooled backbone features of an image folder into the HDF5 cache (resumable)"
@@ -44,24 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-timeout", type=float, default=30.0, metavar="S",
                         help="seconds to wait for another process writing the same entry (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def parse_weights(text: str):
-    """``"none"`` -> None, ``"A=x,B=y"`` -> dict, else the string ("imagenet" or a path)."""
-    value = text.strip()
-    if value.lower() in ("none", "random"):
-        return None
-    if "=" in value and not os.path.exists(value):
-        table = {}
-        for item in value.split(","):
-            name, sep, weights = item.partition("=")
-            if not sep or not name.strip() or not weights.strip():
-                raise ValueError(
-                    f"Invalid --weights. Received: {text!r}; expected imagenet, none, a path, or NAME=W,NAME=W."
-                )
-            table[name.strip()] = parse_weights(weights)
-        return table
-    return value
 
 
 def _fmt_rate(rate):
@@ -104,8 +85,8 @@ def format_summary(report, data) -> str:
 def run(args) -> int:
     import warnings
 
-    from catdog_features.cache import CacheWarning
-    from catdog_features.extract import extract_with_report
+    from catdog_features.features.cache import CacheWarning
+    from catdog_features.features.extract import extract_with_report
 
     original = warnings.showwarning
 
@@ -125,7 +106,7 @@ def run(args) -> int:
             args.data,
             backbones=args.backbones,
             cache_dir=args.cache,
-            weights=parse_weights(args.weights),
+            weights=args.weights,
             image_size=args.image_size or None,
             batch_size=args.batch_size,
             labels_csv=args.labels_csv,

@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from catdog_features.pipeline import predict_folder
+    from catdog_features.run.pipeline import predict_folder
     from catdog_features.submission import write_probabilities
 
     source = args.images[0] if len(args.images) == 1 else list(args.images)

@@ -35,7 +35,7 @@ def run(args) -> int:
     import warnings
 
     from catdog_features.report import MARKDOWN_NAME, ReportWarning, write_report
-    from catdog_features.rundir import RunDir
+    from catdog_features.run.rundir import RunDir
 
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

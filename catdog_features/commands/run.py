@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from catdog_features.config import check_paths, load_config
+    from catdog_features.run.config import check_paths, load_config
 
     config = load_config(args.config, args.overrides)
     if args.check:
@@ -35,7 +35,7 @@ def run(args) -> int:
         print("config OK")
         return 0
 
-    from catdog_features.pipeline import format_outputs, run_pipeline
+    from catdog_features.run.pipeline import format_outputs, run_pipeline
 
     summary = run_pipeline(config, progress=args.progress, overrides=args.overrides)
     statuses = ", ".join(f"{name} {stage['status']}" for name, stage in summary.stages.items())

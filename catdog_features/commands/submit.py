@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from catdog_features.pipeline import predict_folder, write_run_submission
+    from catdog_features.run.pipeline import predict_folder, write_run_submission
 
     prediction = None
     if args.test:

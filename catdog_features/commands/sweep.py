@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default="features_cache", help="feature cache folder (default: %(default)s)")
     parser.add_argument("--labels-csv", default=None, help="labels.csv (id,<class>) for DATA")
     parser.add_argument("--backbones", default=None, help="comma-separated backbone names (default: extract's default set)")
-    parser.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a weights file (default: %(default)s)")
+    parser.add_argument("--weights", default="imagenet", metavar="W",
+                        help="imagenet | none | PATH (one backbone) | NAME=PATH,NAME=imagenet,... (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=None, help="input size for every backbone (default: each one's native size)")
     parser.add_argument("--max-evals", type=int, default=100, help="total trials wanted in the trials file (default: %(default)s)")
     parser.add_argument("--trials", default=None,
@@ -55,11 +56,13 @@ def default_trials_path(args, backbones) -> str:
     ``--max-evals`` and ``--timeout`` are left out, so rerunning with a larger budget extends
     the same sweep; everything else that changes the trials' meaning gives another file.
     """
+    from catdog_features.features.backbones import parse_weights, weights_to_text
+
     key = {
         "data": os.path.abspath(args.data),
         "labels_csv": os.path.abspath(args.labels_csv) if args.labels_csv else None,
         "backbones": list(backbones),
-        "weights": args.weights if args.weights.lower() in ("imagenet", "none") else os.path.abspath(args.weights),
+        "weights": weights_to_text(parse_weights(args.weights, base_dir=os.getcwd())),
         "image_size": args.image_size or None,
         "cv": args.cv,
         "validation_split": None if args.cv else args.validation_split,
@@ -73,15 +76,16 @@ def default_trials_path(args, backbones) -> str:
 
 
 def run(args) -> int:
-    from catdog_features.extract import extract_features
+    from catdog_features.features.extract import extract_features
+    from catdog_features.features.backbones import parse_weights
     from catdog_features.search import sweep
 
     if args.max_evals < 0:
         raise ValueError(f"Received --max-evals {args.max_evals}; expected an integer >= 0.")
-    weights = None if args.weights.lower() == "none" else args.weights
+    weights = parse_weights(args.weights)
     kwargs = {}
     if args.backbones:
-        from catdog_features.backbones import parse_backbones
+        from catdog_features.features.backbones import parse_backbones
 
         kwargs["backbones"] = parse_backbones(args.backbones)
     fs = extract_features(

@@ -1,7 +1,7 @@
 """Reports of a run folder: comparison table, head curves, sweep history, error analysis.
 
 :func:`write_report` reads what a run folder holds (its layout is documented in
-:mod:`catdog_features.rundir`) and writes, by default::
+:mod:`catdog_features.run.rundir`) and writes, by default::
 
     RUN_DIR/report.html              one self-contained page (every figure embedded as a
                                      base64 PNG data URI; links to the CSVs below)
@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from catdog_features.rundir import REPORT, REPORT_HTML, RunDir
+from catdog_features.run.rundir import REPORT, REPORT_HTML, RunDir
 
 #: File name of the HTML page, written into the run folder (or ``out_dir`` when given).
 HTML_NAME = REPORT_HTML
@@ -764,7 +764,7 @@ def backbone_facts(data: _Run) -> Dict[str, Dict[str, Any]]:
         dim = rec.get("dim", info.get("dim"))
         if dim is None:
             try:
-                from catdog_features.backbones import get_backbone
+                from catdog_features.features.backbones import get_backbone
 
                 dim = get_backbone(name).dim
             except Exception:
@@ -945,7 +945,7 @@ def _section_errors(data: _Run, sec: _Section, out_dir: Path, top_n: int, thresh
     source, labels_csv = data.train_source()
     if source:
         try:
-            from catdog_features.datasets import load_dataset
+            from catdog_features.features.datasets import load_dataset
 
             images = load_dataset(source, labels_csv=labels_csv or None)
             where = {str(i): p for i, p in zip(images.ids, images.paths)}
@@ -1042,7 +1042,7 @@ def write_report(run_dir, out_dir=None, top_n: int = 16, *, threshold: float = 0
     ----------
     run_dir : str or Path
         A run folder made by ``catdog-features run`` (or ``ensemble``); see
-        :mod:`catdog_features.rundir`.
+        :mod:`catdog_features.run.rundir`.
     out_dir : str or Path, optional
         Folder for the figures, CSVs, ``report.md`` and ``report.html``. Default:
         ``RUN_DIR/report/`` for the figures, CSVs and Markdown, and ``RUN_DIR/report.html``.

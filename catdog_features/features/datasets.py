@@ -11,7 +11,7 @@ Three labeled layouts are recognised, plus unlabeled folders:
 
 Ids are sorted "naturally" (``2`` before ``10``), so ordering is what a user expects and
 stable across runs. Only the file *list* is built here; decoding happens in
-:mod:`catdog_features.reader`, where unreadable files become failure records.
+:mod:`catdog_features.features.reader`, where unreadable files become failure records.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One HDF5 file per (image set, backbone, view) *fingerprint* under ``cache_dir``,
 ``<Backbone>-<size>-<view>-<fingerprint[:16]>.h5``. The fingerprint is a SHA-256 over a
 canonical JSON of everything that changes the vectors: the backbone (constructor,
 preprocessing, pooling), the weights identity (content hash of a local file), the input
-size, the view, the reader's numerics (:data:`catdog_features.reader.READER_VERSION`),
+size, the view, the reader's numerics (:data:`catdog_features.features.reader.READER_VERSION`),
 the TensorFlow and Keras versions, and the ordered list of image ids with the hash of
 each file's *bytes* (size + mtime would miss an edited image).
 
@@ -13,7 +13,7 @@ Layout of one file
 * ``features`` float32 ``(rows, dim)``, chunked, resizable; ``positions`` int64 (input
   position of each row, ascending); ``ids`` (UTF-8, fixed width); ``labels`` int64 (-1 when
   the set is unlabeled; informational, labels do not change vectors and are not
-  fingerprinted -- :func:`~catdog_features.extract.extract_features` takes them from the
+  fingerprinted -- :func:`~catdog_features.features.extract.extract_features` takes them from the
   dataset).
 * ``failures/position``, ``failures/path``, ``failures/reason``: one record per unusable image.
 * ``inputs/ids``, ``inputs/content_hash``: the fingerprinted image list, for inspection.
@@ -176,7 +176,7 @@ def entry_config(spec, weights_id: str, image_size: int, view: str, digest: str,
     spec : BackboneSpec
         The backbone.
     weights_id : str
-        :func:`catdog_features.backbones.weights_identity` of the weights.
+        :func:`catdog_features.features.backbones.weights_identity` of the weights.
     image_size : int
         Resolved square input size.
     view : {"plain", "hflip"}
@@ -188,7 +188,7 @@ def entry_config(spec, weights_id: str, image_size: int, view: str, digest: str,
     versions : mapping, optional
         ``{"tensorflow": ..., "keras": ...}``; default :func:`library_versions`.
     """
-    from catdog_features.reader import READER_VERSION
+    from catdog_features.features.reader import READER_VERSION
 
     if view not in VIEWS:
         raise ValueError(f"Unknown view. Received: view={view!r}; expected one of {VIEWS}.")

@@ -105,8 +105,7 @@ class BackboneSpec:
             path = Path(weights).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"Weights file not found. Received: weights={str(weights)!r}; expected "
-                    "'imagenet', None, or the path of an existing weights file."
+                    f"Weights file not found. Received: weights={str(weights)!r}; expected {_WEIGHTS_EXPECTED}."
                 )
             model = ctor(weights=None, **kwargs)
             try:
@@ -138,17 +137,92 @@ class WeightsDownloadError(RuntimeError):
         )
 
 
+_WEIGHTS_EXPECTED = ("'imagenet', 'none' (random init), the path of a weights file, or one of those per "
+                     "backbone (a dict; on the command line NAME=W,NAME=W)")
+
+
 def weights_kind(weights) -> str:
-    """Classify a ``weights`` argument: ``"imagenet"``, ``"none"`` or ``"file"``."""
-    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random")):
+    """Classify one ``weights`` value: ``"imagenet"``, ``"none"`` or ``"file"``."""
+    if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "random")):
         return "none"
-    if isinstance(weights, str) and weights.lower() == "imagenet":
+    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
         return "imagenet"
-    if isinstance(weights, (str, os.PathLike)):
+    if isinstance(weights, (str, os.PathLike)) and os.fspath(weights).strip():
         return "file"
-    raise ValueError(
-        f"Invalid weights. Received: weights={weights!r}; expected 'imagenet', None, or a path to a weights file."
-    )
+    raise ValueError(f"Invalid weights. Received: weights={weights!r}; expected {_WEIGHTS_EXPECTED}.")
+
+
+def _one_weights(value, base_dir):
+    kind = weights_kind(value)
+    if kind == "none":
+        return None
+    if kind == "imagenet":
+        return "imagenet"
+    path = Path(os.path.expanduser(os.fspath(value).strip()))
+    if base_dir is not None and not path.is_absolute():
+        path = Path(base_dir) / path
+    return str(path)
+
+
+def parse_weights(value, base_dir=None):
+    """Normalise a weights spec from Python, a config file or the command line.
+
+    Parameters
+    ----------
+    value : None, str, path or dict
+        ``"imagenet"``, ``None``/``"none"`` (random init), a weights file, a dict backbone
+        -> one of those, or the command-line form ``"NAME=W,NAME=W"`` (a string holding
+        ``=`` that is not an existing file).
+    base_dir : path, optional
+        Relative file paths are taken relative to it (a config file's folder).
+
+    Returns
+    -------
+    None, "imagenet", str or dict
+        The same spec with canonical backbone names and file paths as strings.
+    """
+    if isinstance(value, str) and "=" in value and not os.path.exists(value):
+        table = {}
+        for item in value.split(","):
+            name, sep, weights = item.partition("=")
+            if not sep or not name.strip() or not weights.strip():
+                raise ValueError(f"Invalid weights. Received: weights={value!r}; expected {_WEIGHTS_EXPECTED}.")
+            table[name.strip()] = weights.strip()
+        value = table
+    if isinstance(value, dict):
+        return {get_backbone(name).name: _one_weights(item, base_dir) for name, item in value.items()}
+    return _one_weights(value, base_dir)
+
+
+def resolve_weights(weights, names) -> Dict[str, Optional[str]]:
+    """The weights of each backbone in ``names`` from a spec (see :func:`parse_weights`).
+
+    A dict leaves backbones it does not name at ``"imagenet"``; one weights file is
+    accepted only for a single backbone.
+    """
+    spec = parse_weights(weights)
+    if isinstance(spec, dict):
+        unknown = [name for name in spec if name not in names]
+        if unknown:
+            raise ValueError(
+                f"Received weights for {unknown}, which are not among the backbones {list(names)}; "
+                f"expected weights for those backbones only."
+            )
+        return {name: spec.get(name, "imagenet") for name in names}
+    if weights_kind(spec) == "file" and len(names) > 1:
+        raise ValueError(
+            f"Received one weights file weights={spec!r} for {len(names)} backbones ({', '.join(names)}); "
+            "expected one backbone, or a dict backbone -> weights such as "
+            "{'ResNet50': 'resnet.h5', 'Xception': 'imagenet'} (command line: ResNet50=resnet.h5,Xception=imagenet)."
+        )
+    return {name: spec for name in names}
+
+
+def weights_to_text(spec):
+    """The JSON/TOML form of a parsed weights spec: ``None`` -> ``"none"`` (dicts per entry)."""
+    if isinstance(spec, dict):
+        return {name: weights_to_text(v) for name, v in spec.items()}
+    return "none" if spec is None else str(spec)
 
 
 def weights_identity(weights) -> str:
@@ -161,8 +235,7 @@ def weights_identity(weights) -> str:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"Weights file not found. Received: weights={str(weights)!r}; expected "
-            "'imagenet', None, or the path of an existing weights file."
+            f"Weights file not found. Received: weights={str(weights)!r}; expected {_WEIGHTS_EXPECTED}."
         )
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

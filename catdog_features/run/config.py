@@ -27,7 +27,7 @@ current directory). An unknown key or a bad value is a ``ValueError`` naming the
     (``auto`` | ``blend`` | ``stack`` | ``mean``); ``clip`` (``"auto"`` or a number in
     [0, 0.5)); *extra*: ``seed`` (0) of the folds.
 ``[output]``
-    ``dir`` (default ``runs/<config file stem>``): the run folder (see :mod:`catdog_features.rundir`);
+    ``dir`` (default ``runs/<config file stem>``): the run folder (see :mod:`catdog_features.run.rundir`);
     *extra*: ``report`` (true): write the report at the end (if :mod:`catdog_features.report` exists).
 """
 
@@ -174,7 +174,7 @@ def _optional_path(value, base: Path) -> Optional[Path]:
 
 
 def _backbones(value) -> Tuple[str, ...]:
-    from catdog_features.backbones import parse_backbones
+    from catdog_features.features.backbones import parse_backbones
 
     if isinstance(value, str):
         value = [value]
@@ -186,38 +186,30 @@ def _backbones(value) -> Tuple[str, ...]:
         raise _Bad(str(exc)) from None
 
 
-def _one_weights(value, base: Path):
-    text = _str(value).strip()
-    if text.lower() == "imagenet":
-        return "imagenet"
-    if text.lower() in ("none", "random", ""):
-        return None
-    return _path(text, base)
-
-
 def _weights(value, base: Path, backbones: Sequence[str]):
-    if isinstance(value, dict):
-        from catdog_features.backbones import get_backbone
+    from catdog_features.features.backbones import parse_weights, weights_kind
 
-        out = {}
-        for name, item in value.items():
-            try:
-                canonical = get_backbone(name).name
-            except ValueError as exc:
-                raise _Bad(str(exc)) from None
-            if canonical not in backbones:
-                raise _Bad(f"has an entry for {name!r}, which is not in [extract] backbones {list(backbones)}")
-            out[canonical] = _one_weights(item, base)
-        return out
-    if not isinstance(value, str):
+    if not isinstance(value, (str, dict)):
         raise _Bad(f"received {value!r}; expected \"imagenet\", \"none\", a weights-file path or a table backbone = path")
-    weights = _one_weights(value, base)
-    if isinstance(weights, Path) and len(backbones) != 1:
+    try:
+        spec = parse_weights(value, base_dir=base)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+    def as_path(w):  # file paths as resolved Paths, like every other path of the config
+        return Path(w).resolve() if weights_kind(w) == "file" else w
+
+    if isinstance(spec, dict):
+        for name in spec:
+            if name not in backbones:
+                raise _Bad(f"has an entry for {name!r}, which is not in [extract] backbones {list(backbones)}")
+        return {name: as_path(w) for name, w in spec.items()}
+    if weights_kind(spec) == "file" and len(backbones) != 1:
         raise _Bad(
             f"received one weights file {value!r} for {len(backbones)} backbones; expected a table "
             "such as {ResNet50 = \"resnet.h5\", Xception = \"xception.h5\"}"
         )
-    return weights
+    return as_path(spec)
 
 
 def _clip(value):

@@ -1,6 +1,6 @@
 """The whole pipeline, stage by stage: extract -> sweep -> OOF ensemble -> submission -> report.
 
-Used by ``catdog-features run`` (from a :class:`~catdog_features.config.RunConfig`), by
+Used by ``catdog-features run`` (from a :class:`~catdog_features.run.config.RunConfig`), by
 ``ensemble`` / ``predict`` / ``submit`` (one stage each) and by ``demo``. Every stage reuses
 what is already there and still valid, so re-running a finished config does no model work:
 
@@ -11,7 +11,7 @@ what is already there and still valid, so re-running a finished config does no m
   the feature values) matches and every fold model is on disk;
 * the ensemblers, the submission and the report are cheap and always re-made.
 
-Outputs go into a run folder laid out as described in :mod:`catdog_features.rundir`.
+Outputs go into a run folder laid out as described in :mod:`catdog_features.run.rundir`.
 """
 
 from __future__ import annotations
@@ -24,26 +24,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from catdog_features.rundir import RunDir, write_json_atomic
+from catdog_features._io import write_json
+from catdog_features.features.backbones import parse_weights, weights_to_text
+from catdog_features.run.rundir import RunDir
 
 ENSEMBLE_FORMAT = "catdog-features-ensemble/1"
 
 
 # --------------------------------------------------------------------------- extraction
-def _weights_to_json(weights):
-    if weights is None:
-        return "none"
-    if isinstance(weights, dict):
-        return {k: _weights_to_json(v) for k, v in weights.items()}
-    return str(weights)
-
-
-def _weights_from_json(weights):
-    if isinstance(weights, dict):
-        return {k: _weights_from_json(v) for k, v in weights.items()}
-    return None if weights in (None, "none") else weights
-
-
 @dataclass(frozen=True)
 class ExtractionSettings:
     """What stage 1 needs to (re)compute the features of any images, stored with a run."""
@@ -57,7 +45,7 @@ class ExtractionSettings:
     def to_dict(self) -> dict:
         return {
             "backbones": list(self.backbones),
-            "weights": _weights_to_json(self.weights),
+            "weights": weights_to_text(self.weights),
             "image_size": self.image_size,
             "batch_size": self.batch_size,
             "cache_dir": str(self.cache_dir),
@@ -67,7 +55,7 @@ class ExtractionSettings:
     def from_dict(cls, data) -> "ExtractionSettings":
         return cls(
             backbones=tuple(data["backbones"]),
-            weights=_weights_from_json(data.get("weights", "imagenet")),
+            weights=parse_weights(data.get("weights", "imagenet")),
             image_size=data.get("image_size"),
             batch_size=int(data.get("batch_size", 32)),
             cache_dir=str(data.get("cache_dir", "features_cache")),
@@ -81,7 +69,7 @@ class ExtractionSettings:
 def load_features(source, settings: ExtractionSettings, *, backbones: Optional[Sequence[str]] = None,
                   labels_csv=None, progress: bool = True):
     """Features of ``source`` for ``backbones`` (default: all of ``settings``), from the cache when there."""
-    from catdog_features.extract import extract_features
+    from catdog_features.features.extract import extract_features
 
     backbones = tuple(backbones or settings.backbones)
     weights = settings.weights
@@ -113,7 +101,7 @@ def _feature_summary(fs) -> dict:
 # --------------------------------------------------------------------------- sweep
 def build_space(backbones: Sequence[str], search_backbones: bool, overrides: Optional[dict] = None) -> dict:
     """The reference search space with ``[sweep.space]`` overrides applied."""
-    from catdog_features.config import to_hyperopt
+    from catdog_features.run.config import to_hyperopt
     from catdog_features.search import default_space
 
     space = default_space(backbones, search_backbones)
@@ -124,7 +112,7 @@ def build_space(backbones: Sequence[str], search_backbones: bool, overrides: Opt
 def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, progress: bool = True,
               log: Callable[[str], None] = print):
     """Run (or resume, or find finished) the sweep of a run config."""
-    from catdog_features.search import sweep
+    from catdog_features.search import SweepMismatchError, sweep
 
     kwargs = dict(
         space=build_space(backbones, sweep_config.search_backbones, sweep_config.space),
@@ -140,9 +128,7 @@ def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, pro
     )
     try:
         return sweep(train, **kwargs), False
-    except ValueError as exc:
-        if "belongs to a different sweep" not in str(exc):
-            raise
+    except SweepMismatchError:
         log("note: the sweep settings or the features changed since the trials file was written; "
             "moving it aside and starting a new sweep.")
         return sweep(train, **kwargs, new=True), True
@@ -215,7 +201,7 @@ def fit_ensemble_stage(run: RunDir, members, train, test, *, folds: int = 5, see
         "oof_key": oof.key,
         "test_failed": [list(t) for t in oof.test_failed],
     }
-    write_json_atomic(run.ensemble, data)
+    write_json(run.ensemble, data)
     run.scores.write_text(result.format_table() + "\n", encoding="utf-8")
     if result.test_proba is not None:
         write_probabilities(run.test_predictions, oof.test_ids, result.test_proba, result.class_names)
@@ -226,7 +212,7 @@ def fit_ensemble_stage(run: RunDir, members, train, test, *, folds: int = 5, see
 
 def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> Dict[str, np.ndarray]:
     """Each member's mean fold-model probabilities on ``test`` (saved models, no refit)."""
-    from catdog_features.ensemble import _aligned_proba
+    from catdog_features.ensemble import aligned_proba
     from catdog_features.heads import DenseHead
 
     if test is None or len(test) == 0:
@@ -235,7 +221,7 @@ def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> D
     for member in members:
         X = test.concat(member["backbones"])
         out[member["name"]] = np.mean(
-            [_aligned_proba(DenseHead.load(run.fold_model(member["name"], k)), X, n_classes) for k in range(n_folds)], axis=0
+            [aligned_proba(DenseHead.load(run.fold_model(member["name"], k)), X, n_classes) for k in range(n_folds)], axis=0
         )
     return out
 
@@ -280,7 +266,7 @@ class SavedEnsemble:
 
     def member_probabilities(self, features) -> Dict[str, np.ndarray]:
         """Each member's mean fold-model probabilities for a FeatureSet."""
-        from catdog_features.ensemble import _aligned_proba
+        from catdog_features.ensemble import aligned_proba
         from catdog_features.heads import DenseHead
 
         n_classes = len(self.result.class_names)
@@ -290,7 +276,7 @@ class SavedEnsemble:
             if not paths:
                 raise FileNotFoundError(f"No saved fold models for member {member['name']!r} in {self.run.root}.")
             X = features.concat(member["backbones"])
-            out[member["name"]] = np.mean([_aligned_proba(DenseHead.load(p), X, n_classes) for p in paths], axis=0)
+            out[member["name"]] = np.mean([aligned_proba(DenseHead.load(p), X, n_classes) for p in paths], axis=0)
         return out
 
     def predict_features(self, features) -> np.ndarray:
@@ -414,7 +400,7 @@ def _run_report(run: RunDir, log, key: Optional[str] = None) -> dict:
 
 
 def run_pipeline(config, *, progress: bool = True, log: Callable[[str], None] = print, overrides: Sequence[str] = ()) -> RunSummary:
-    """Run every stage of a :class:`~catdog_features.config.RunConfig` into its output folder.
+    """Run every stage of a :class:`~catdog_features.run.config.RunConfig` into its output folder.
 
     Parameters
     ----------
@@ -430,7 +416,7 @@ def run_pipeline(config, *, progress: bool = True, log: Callable[[str], None] = 
     -------
     RunSummary
     """
-    from catdog_features.config import check_paths
+    from catdog_features.run.config import check_paths
     from catdog_features.ensemble import members_from_sweep
 
     t_start = time.perf_counter()

@@ -1,7 +1,7 @@
 """DenseHead: a scikit-learn classifier around a small Keras model on feature vectors.
 
-Also the fastai-style helpers for heads: :func:`lr_find` (learning-rate range test) and the
-``schedule="cosine_restarts"`` option of :class:`DenseHead` (SGDR).
+Its ``schedule="cosine_restarts"`` option is fastai's SGDR; :mod:`catdog_features.heads.lr_find`
+has the learning-rate range test.
 
 TensorFlow/Keras are imported inside the functions that need them, so importing this module
 (and the package) stays cheap.
@@ -9,21 +9,18 @@ TensorFlow/Keras are imported inside the functions that need them, so importing 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import numbers
-import os
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from catdog_features._checks import check_float, check_int
+from catdog_features._io import atomic_path, write_text
+from catdog_features.heads._tf import RowSource, current_lr, released_custom_gradients
 from catdog_features.splitting import holdout_split
 
 try:  # scikit-learn >= 1.6
@@ -34,7 +31,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
         return estimator._validate_data(X, y, reset=reset, **kwargs)
 
 
-__all__ = ["DenseHead", "LRFindResult", "lr_find"]
+__all__ = ["DenseHead"]
 
 OPTIMIZERS = ("adadelta", "sgd", "adam")
 SCHEDULES = (None, "cosine_restarts")
@@ -56,30 +53,7 @@ _SIDECAR_FORMAT = "catdog_features.DenseHead"
 _SIDECAR_VERSION = 1
 
 
-def _as_int(name, value, minimum):
-    """``value`` as an int >= minimum; integral floats (hyperopt's quniform) are accepted."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    ok = ok and np.isfinite(float(value)) and float(value) == int(value) and int(value) >= minimum
-    if not ok:
-        raise ValueError(f"Received: {name}={value!r}; expected an integer >= {minimum}.")
-    return int(value)
-
-
-def _as_float(name, value, low, high, *, low_open=False, high_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    if ok:
-        v = float(value)
-        ok = np.isfinite(v) and (v > low if low_open else v >= low) and (
-            v < high if high_open else v <= high
-        )
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"Received: {name}={value!r}; expected a number in {lo}{low}, {high}{hi}.")
-    return float(value)
-
-
-def _derive_seeds(random_state, n):
+def derive_seeds(random_state, n):
     """``n`` int seeds from ``random_state``; ``None`` -> ``n`` Nones (nondeterministic run)."""
     if random_state is None:
         return [None] * n
@@ -98,63 +72,6 @@ def _jsonable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return None
-
-
-_GRADIENTS_LOCK = threading.Lock()
-_GRADIENTS_STATE = {"active": 0, "before": frozenset()}
-
-
-@contextlib.contextmanager
-def _released_custom_gradients():
-    """Drop the gradient functions TensorFlow registers globally while heads train.
-
-    Keras 3's TensorFlow optimizer all-reduces gradients through ``tf.custom_gradient``,
-    and every trace of a train step registers a ``CustomGradient-N`` function in TF's
-    process-global gradient registry that is never removed; it closes over the traced
-    graph, so each fitted model leaked ~3.5 MB (experiments/bench_head_memory.py).
-    ``keras.backend.clear_session()`` does not touch that registry. The functions are only
-    consulted while a step is being traced, which for a head happens only inside ``fit``,
-    so the entries added meanwhile are removed once no head is training any more (heads
-    fitting concurrently in threads keep theirs until the last one finishes).
-    """
-    try:
-        from tensorflow.python.framework import ops as tf_ops
-
-        registry = tf_ops._gradient_registry._registry
-    except (ImportError, AttributeError):  # pragma: no cover - a TF without this layout
-        registry = None
-    if registry is not None:
-        with _GRADIENTS_LOCK:
-            if _GRADIENTS_STATE["active"] == 0:
-                _GRADIENTS_STATE["before"] = frozenset(registry)
-            _GRADIENTS_STATE["active"] += 1
-    try:
-        yield
-    finally:
-        if registry is not None:
-            with _GRADIENTS_LOCK:
-                _GRADIENTS_STATE["active"] -= 1
-                if _GRADIENTS_STATE["active"] == 0:
-                    before = _GRADIENTS_STATE["before"]
-                    for name in list(registry):
-                        if name.startswith("CustomGradient-") and name not in before:
-                            registry.pop(name, None)
-                    _GRADIENTS_STATE["before"] = frozenset()
-
-
-def _current_lr(optimizer) -> float:
-    """The optimizer's learning rate now (a variable, or its schedule at the current step)."""
-    value = optimizer.learning_rate
-    return float(value.numpy() if hasattr(value, "numpy") else value)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class DenseHead(ClassifierMixin, BaseEstimator):
@@ -265,7 +182,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def _checked_params(self):
         """Validated, normalised hyperparameters (the public attributes stay untouched)."""
         p = {}
-        p["dropout"] = _as_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        p["dropout"] = check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
         optimizer = self.optimizer.lower() if isinstance(self.optimizer, str) else self.optimizer
         if optimizer not in OPTIMIZERS:
             raise ValueError(
@@ -276,25 +193,25 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         p["lr"] = (
             DEFAULT_LR[optimizer]
             if self.lr is None
-            else _as_float("lr", self.lr, 0.0, np.inf, low_open=True, high_open=True)
+            else check_float("lr", self.lr, 0.0, np.inf, low_open=True, high_open=True)
         )
-        p["momentum"] = _as_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        p["decay"] = _as_float("decay", self.decay, 0.0, np.inf, high_open=True)
-        p["epochs"] = _as_int("epochs", self.epochs, 1)
-        p["patience"] = _as_int("patience", self.patience, 0)
-        p["batch_size"] = _as_int("batch_size", self.batch_size, 1)
-        p["validation_split"] = _as_float(
+        p["momentum"] = check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        p["decay"] = check_float("decay", self.decay, 0.0, np.inf, high_open=True)
+        p["epochs"] = check_int("epochs", self.epochs, 1, integral_floats=True)
+        p["patience"] = check_int("patience", self.patience, 0, integral_floats=True)
+        p["batch_size"] = check_int("batch_size", self.batch_size, 1, integral_floats=True)
+        p["validation_split"] = check_float(
             "validation_split", self.validation_split, 0.0, 1.0, high_open=True
         )
-        p["hidden_units"] = _as_int("hidden_units", self.hidden_units, 0)
+        p["hidden_units"] = check_int("hidden_units", self.hidden_units, 0, integral_floats=True)
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"Unknown schedule. Received: schedule={self.schedule!r}; "
                 f"expected one of: {', '.join(map(repr, SCHEDULES))}."
             )
         p["schedule"] = self.schedule
-        p["cycle_epochs"] = _as_int("cycle_epochs", self.cycle_epochs, 1)
-        p["cycle_mult"] = _as_float("cycle_mult", self.cycle_mult, 1.0, np.inf, high_open=True)
+        p["cycle_epochs"] = check_int("cycle_epochs", self.cycle_epochs, 1, integral_floats=True)
+        p["cycle_mult"] = check_float("cycle_mult", self.cycle_mult, 1.0, np.inf, high_open=True)
         p["reduce_lr_on_plateau"] = bool(self.reduce_lr_on_plateau)
         # Keras cannot set a learning rate that a schedule computes, and stacking two decays
         # silently would not be what anyone asked for: refuse the combinations.
@@ -449,7 +366,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         X, y_enc, classes = self._validate_train(X, y)
         self.classes_ = classes
         n_classes = len(classes)
-        split_seed, shuffle_seed, *layer_seeds = _derive_seeds(self.random_state, 6)
+        split_seed, shuffle_seed, *layer_seeds = derive_seeds(self.random_state, 6)
 
         Xv = yv = None
         if validation_data is not None:
@@ -463,12 +380,12 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
         y_fit = (y_enc.reshape(-1, 1).astype(np.float32) if n_classes == 2 else y_enc.astype(np.int32))
         bs = p["batch_size"]
-        sources = [_RowSource(X, y_fit)]
+        sources = [RowSource(X, y_fit)]
         train_ds = sources[0].dataset(train_idx, bs, shuffle_seed=shuffle_seed, shuffle=True)
         val_ds = None
         if validation_data is not None:
             yv_fit = (yv.reshape(-1, 1).astype(np.float32) if n_classes == 2 else yv.astype(np.int32))
-            sources.append(_RowSource(Xv, yv_fit))
+            sources.append(RowSource(Xv, yv_fit))
             val_ds = sources[1].dataset(np.arange(len(Xv)), max(bs, 1024))
         elif validating:
             val_ds = sources[0].dataset(val_idx, max(bs, 1024))
@@ -480,7 +397,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         epoch_lrs = []
 
         def on_epoch_begin(epoch, logs=None):
-            epoch_lrs.append(_current_lr(model.optimizer))
+            epoch_lrs.append(current_lr(model.optimizer))
 
         def on_epoch_end(epoch, logs=None):
             loss = (logs or {}).get("loss")
@@ -503,7 +420,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
                 )
             )
         try:
-            with _released_custom_gradients():
+            with released_custom_gradients():
                 hist = model.fit(
                     train_ds,
                     validation_data=val_ds,
@@ -591,10 +508,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             "best_epoch": self.best_epoch_,
             "history": self.history_,
         }
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-        self.model_.save(tmp)
-        os.replace(tmp, path)
-        _atomic_write_text(self.sidecar_path(path), json.dumps(meta, indent=1))
+        with atomic_path(path, suffix=".keras") as tmp:
+            self.model_.save(tmp)
+        write_text(self.sidecar_path(path), json.dumps(meta, indent=1))
         return path
 
     @classmethod
@@ -627,218 +543,3 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         head.history_ = {k: list(v) for k, v in meta["history"].items()}
         head.model_ = keras.saving.load_model(path, safe_mode=True)
         return head
-
-
-class _RowSource:
-    """The NumPy arrays a head's tf.data pipelines gather batches from, released after fit.
-
-    ``tf.numpy_function`` called outside a ``tf.function`` (as tf.data map functions are)
-    keeps its Python callable alive in TensorFlow's global default graph for the life of
-    the process. Going through this holder, what stays behind after :meth:`release` is an
-    empty object, not the feature matrix; :meth:`release` also unhooks the callables from
-    that graph where TensorFlow's layout allows.
-    """
-
-    def __init__(self, X, y):
-        self.X = X
-        self.y = y
-
-    def gather(self, idx):
-        return self.X[idx], self.y[idx]
-
-    def dataset(self, indices, batch_size, shuffle_seed=None, shuffle=False):
-        """tf.data pipeline of ``(X[idx], y[idx])`` batches over ``indices``.
-
-        Only the indices live in TensorFlow; rows are gathered from the caller's arrays.
-        ``tf.convert_to_tensor(X)`` would copy the whole matrix (twice, transiently:
-        TensorFlow copies NumPy input defensively) and a ``shuffle`` buffer of rows would
-        hold another copy; this holds none, at the same speed.
-        """
-        import tensorflow as tf
-
-        n_features = self.X.shape[1]
-        y_shape = (None,) + self.y.shape[1:]
-        dtypes = (tf.as_dtype(self.X.dtype), tf.as_dtype(self.y.dtype))
-
-        def tf_gather(idx):
-            xb, yb = tf.numpy_function(self.gather, [idx], dtypes, stateful=False)
-            xb.set_shape((None, n_features))
-            yb.set_shape(y_shape)
-            return xb, yb
-
-        ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, dtype=np.int64))
-        if shuffle:
-            # An op-level seed makes the sequence of per-epoch permutations reproducible
-            # without touching TensorFlow's global seed; seed=None -> a fresh order each run.
-            ds = ds.shuffle(len(indices), seed=shuffle_seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).map(tf_gather).prefetch(2)
-
-    def release(self):
-        self.X = self.y = None
-        try:
-            from tensorflow.python.framework import ops as tf_ops
-
-            graph = tf_ops.get_default_graph()
-            funcs = getattr(graph, "_py_funcs_used_in_graph", None)
-        except (ImportError, AttributeError):  # pragma: no cover - a TF without this layout
-            funcs = None
-        if funcs:
-            funcs[:] = [f for f in funcs if not self._owns(f)]
-
-    def _owns(self, func):
-        for _ in range(8):  # unwrap autograph/decorator wrappers
-            if getattr(func, "__self__", None) is self:
-                return True
-            func = getattr(func, "__wrapped__", None)
-            if func is None:
-                return False
-        return False
-
-
-# ---------------------------------------------------------------------------- lr_find
-@dataclass
-class LRFindResult:
-    """Outcome of :func:`lr_find`.
-
-    Attributes
-    ----------
-    lrs : ndarray
-        Learning rate of each mini-batch step taken (exponentially increasing).
-    losses : ndarray
-        Smoothed (bias-corrected exponential moving average) training loss after each step.
-    suggested_lr : float
-        The learning rate at the steepest descent of the smoothed loss (fastai's "steep");
-        ``lr_min`` when the curve is too short to have a slope.
-    raw_losses : ndarray
-        The unsmoothed per-batch losses.
-    lr_min : float
-        One tenth of the learning rate at the minimum smoothed loss (fastai's "min/10").
-    lr_steep : float or None
-        The steepest-descent learning rate, ``None`` when it could not be computed.
-    """
-
-    lrs: np.ndarray
-    losses: np.ndarray
-    suggested_lr: float
-    raw_losses: np.ndarray
-    lr_min: float
-    lr_steep: Optional[float]
-
-    def plot(self, ax=None):
-        """Loss against learning rate (log x) with the suggestion marked; returns the Axes."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(self.lrs, self.losses)
-        ax.axvline(self.suggested_lr, color="tab:red", linestyle="--", label=f"suggested {self.suggested_lr:.2g}")
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("smoothed training loss")
-        ax.legend()
-        return ax
-
-
-def lr_find(
-    X,
-    y,
-    start_lr=1e-5,
-    end_lr=1.0,
-    num_steps=100,
-    *,
-    estimator=None,
-    smoothing=0.98,
-    diverge_factor=4.0,
-    **head_params,
-) -> LRFindResult:
-    """Learning-rate range test (Smith 2015; fastai's ``lr_find``) for a :class:`DenseHead`.
-
-    Trains a fresh head for ``num_steps`` mini-batches while the learning rate grows
-    exponentially from ``start_lr`` to ``end_lr``, recording the smoothed training loss, and
-    stops early once it exceeds ``diverge_factor`` times its minimum.
-
-    Parameters
-    ----------
-    X, y : array-like
-        Training features and labels (as for :meth:`DenseHead.fit`).
-    start_lr, end_lr : float
-        Range of learning rates, ``0 < start_lr < end_lr``.
-    num_steps : int
-        Number of mini-batches (with more steps than one epoch the data is cycled).
-    estimator : DenseHead or None
-        Template head; it is cloned, never modified. Default: ``DenseHead()``.
-    smoothing : float
-        Exponential moving average factor for the loss (fastai: 0.98).
-    diverge_factor : float
-        Stop when the smoothed loss exceeds this multiple of its minimum (fastai: 4).
-    **head_params
-        Hyperparameters for the head (``optimizer``, ``dropout``, ``batch_size``,
-        ``momentum``, ``hidden_units``, ``random_state``, ...). ``lr`` is what is being
-        searched; ``decay`` and ``schedule`` are turned off for the test.
-
-    Returns
-    -------
-    LRFindResult
-    """
-    start_lr = _as_float("start_lr", start_lr, 0.0, np.inf, low_open=True, high_open=True)
-    end_lr = _as_float("end_lr", end_lr, 0.0, np.inf, low_open=True, high_open=True)
-    if end_lr <= start_lr:
-        raise ValueError(f"Received: start_lr={start_lr!r}, end_lr={end_lr!r}; expected start_lr < end_lr.")
-    num_steps = _as_int("num_steps", num_steps, 2)
-    smoothing = _as_float("smoothing", smoothing, 0.0, 1.0, high_open=True)
-    diverge_factor = _as_float("diverge_factor", diverge_factor, 1.0, np.inf, low_open=True, high_open=True)
-
-    head = clone(estimator) if estimator is not None else DenseHead()
-    head.set_params(**head_params)
-    head.set_params(lr=start_lr, decay=0.0, schedule=None, reduce_lr_on_plateau=False)
-    p = head._checked_params()
-    X, y_enc, classes = head._validate_train(X, y)
-    n_classes = len(classes)
-    order_seed, *layer_seeds = _derive_seeds(head.random_state, 5)
-    model = head._build_model(p, X.shape[1], n_classes, layer_seeds)
-    head._compile(model, head._make_optimizer(p, 1), n_classes)
-
-    y_fit = (y_enc.reshape(-1, 1).astype(np.float32) if n_classes == 2 else y_enc.astype(np.int32))
-    rng = np.random.RandomState(order_seed) if order_seed is not None else np.random.RandomState()
-    bs = min(p["batch_size"], len(X))
-    lrs = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
-
-    taken, raw, smooth = [], [], []
-    avg, best = 0.0, np.inf
-    perm, pos = rng.permutation(len(X)), 0
-    with _released_custom_gradients():
-        for i, lr in enumerate(lrs):
-            if pos + bs > len(perm):
-                perm, pos = rng.permutation(len(X)), 0
-            idx = np.sort(perm[pos : pos + bs])
-            pos += bs
-            model.optimizer.learning_rate = float(lr)
-            loss = float(np.asarray(model.train_on_batch(X[idx], y_fit[idx])).ravel()[0])
-            avg = smoothing * avg + (1 - smoothing) * loss
-            s = avg / (1 - smoothing ** (i + 1))
-            taken.append(float(lr))
-            raw.append(loss)
-            smooth.append(s)
-            if not np.isfinite(s) or (i > 0 and s > diverge_factor * best):
-                break
-            best = min(best, s)
-    del model
-    lrs_taken, losses, raw = np.asarray(taken), np.asarray(smooth), np.asarray(raw)
-
-    finite = np.isfinite(losses)
-    lr_min = float(lrs_taken[finite][np.argmin(losses[finite])] / 10) if finite.any() else start_lr
-    lr_steep = None
-    # The slope is taken where the curve means something: not on the diverged last point, and
-    # not on the first tenth, where the bias-corrected average is still mostly batch noise.
-    diverged = len(losses) > 1 and (not finite[-1] or losses[-1] > diverge_factor * best)
-    stop = len(losses) - 1 if diverged else len(losses)
-    lo = max(1, stop // 10)
-    if stop - lo >= 3:
-        grads = np.gradient(losses[lo:stop], np.log10(lrs_taken[lo:stop]))
-        if np.isfinite(grads).any():
-            lr_steep = float(lrs_taken[lo:stop][np.nanargmin(np.where(np.isfinite(grads), grads, np.nan))])
-    suggested = lr_steep if lr_steep is not None else lr_min
-    return LRFindResult(
-        lrs=lrs_taken, losses=losses, suggested_lr=float(suggested), raw_losses=raw,
-        lr_min=lr_min, lr_steep=lr_steep,
-    )

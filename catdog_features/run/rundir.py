@@ -50,10 +50,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from catdog_features._io import write_json
 
 #: Format tag of manifest.json.
 FORMAT = "catdog-features-run/1"
@@ -88,21 +89,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path, data) -> Path:
-    """Write JSON via a temporary file in the same folder + fsync + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def library_versions() -> Dict[str, Optional[str]]:
+def run_versions() -> Dict[str, Optional[str]]:
     """Versions of the libraries whose numerics matter (from package metadata; imports nothing)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -178,8 +165,8 @@ class RunDir:
         data.setdefault("stages", {})
         data.setdefault("notes", [])
         data["outputs"] = {name: rel for name, rel in OUTPUTS.items() if (self.root / rel).exists()}
-        data["versions"] = library_versions()
-        return write_json_atomic(self.manifest, data)
+        data["versions"] = run_versions()
+        return write_json(self.manifest, data)
 
     def update_manifest(self, **fields) -> Dict[str, Any]:
         """Merge top-level ``fields`` into the manifest and write it."""

@@ -2,15 +2,15 @@
 
 Reader / mapper / writer, as in clip-retrieval:
 
-* **reader** (:func:`catdog_features.reader.read_batches`): decodes each file once, in a
+* **reader** (:func:`catdog_features.features.reader.read_batches`): decodes each file once, in a
   thread pool that prefetches ahead of the models, and resizes it to every size needed;
 * **mapper** (:class:`Mapper`): one compiled ``tf.function`` per backbone (its own
   ``preprocess_input`` + ``model(x, training=False)``) with a fixed batch shape -- the last
   partial batch is padded -- so no retracing happens and every batch runs the same kernels;
-* **writer** (:class:`catdog_features.cache.EntryWriter`): appends and commits rows.
+* **writer** (:class:`catdog_features.features.cache.EntryWriter`): appends and commits rows.
 
 Which positions still need which backbone is decided up front by the pure
-:func:`catdog_features.cache.plan_segments`; then one pass over the images feeds every
+:func:`catdog_features.features.cache.plan_segments`; then one pass over the images feeds every
 backbone that still lacks them. When every entry is complete the cache is read and no
 model is built (TensorFlow is not even imported).
 """
@@ -18,9 +18,6 @@ model is built (TensorFlow is not even imported).
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +25,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from catdog_features import cache as _cache
-from catdog_features.backbones import BackboneSpec, get_backbone, parse_backbones, weights_identity, weights_kind
-from catdog_features.datasets import ImageSet, load_dataset
-from catdog_features.featureset import FeatureSet
+from catdog_features.features import cache as _cache
+from catdog_features.features.backbones import BackboneSpec, get_backbone, parse_backbones, resolve_weights, weights_identity
+from catdog_features.features.datasets import ImageSet, load_dataset
+from catdog_features.features.featureset import FeatureSet
+from catdog_features.features.mapper import Mapper
 
 DEFAULT_BACKBONES = ("ResNet50", "InceptionV3", "Xception")
 VIEWS = _cache.VIEWS
-#: Socket timeout (s) while Keras downloads ImageNet weights, so a dead network fails
-#: instead of hanging; it bounds each read, not the whole download.
-DOWNLOAD_SOCKET_TIMEOUT = 30.0
 
 
 def hflip(rgb: np.ndarray) -> np.ndarray:
@@ -46,71 +41,6 @@ def hflip(rgb: np.ndarray) -> np.ndarray:
 
 
 _TRANSFORMS = {"plain": None, "hflip": hflip}
-
-
-# --------------------------------------------------------------------------- mapper
-def build_model(spec: BackboneSpec, weights, image_size: int):
-    """``spec.build`` with a socket timeout around an ImageNet download (no silent hang)."""
-    if weights_kind(weights) != "imagenet":
-        return spec.build(weights, image_size)
-    previous = socket.getdefaulttimeout()
-    if previous is None:
-        socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT)
-    try:
-        return spec.build(weights, image_size)
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _forward(model, preprocess, x):
-    return model(preprocess(x), training=False)
-
-
-class Mapper:
-    """A backbone as a compiled function of fixed-shape batches: images 0..255 -> vectors.
-
-    Parameters
-    ----------
-    spec : BackboneSpec
-        The backbone.
-    weights : "imagenet", None or path
-        As for :meth:`BackboneSpec.build`.
-    image_size : int
-        Square input size.
-    batch_size : int
-        The one batch shape the function is traced for; shorter batches are padded with
-        zeros and the padding rows dropped from the output.
-    """
-
-    def __init__(self, spec: BackboneSpec, weights, image_size: int, batch_size: int):
-        import tensorflow as tf
-
-        self.spec = spec
-        self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
-        self.model = build_model(spec, weights, self.image_size)
-        signature = [tf.TensorSpec((self.batch_size, self.image_size, self.image_size, 3), tf.float32)]
-        # A partial, not a closure: TF counts traces per code object, and one trace per
-        # backbone would otherwise add up to a spurious "excessive retracing" warning.
-        forward = functools.partial(_forward, self.model, spec._module().preprocess_input)
-        self._fn = tf.function(forward, input_signature=signature)
-        # Trace and let TF optimise the graph now (seconds for a large model), so build
-        # time is paid here and the extraction pass runs at its steady-state speed.
-        self._fn(tf.zeros((self.batch_size, self.image_size, self.image_size, 3), tf.float32))
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Vectors ``(n, dim)`` float32 for ``images`` ``(n, size, size, 3)``, ``n <= batch_size``."""
-        n = len(images)
-        if n == 0:
-            return np.zeros((0, self.spec.dim), np.float32)
-        if n > self.batch_size:
-            raise ValueError(f"Received a batch of {n} images; expected at most batch_size={self.batch_size}.")
-        x = np.asarray(images, dtype=np.float32)
-        if n < self.batch_size:
-            padded = np.zeros((self.batch_size,) + x.shape[1:], np.float32)
-            padded[:n] = x
-            x = padded
-        return self._fn(x).numpy()[:n]
 
 
 # --------------------------------------------------------------------------- reports
@@ -161,28 +91,6 @@ class ExtractionReport:
 
 
 # --------------------------------------------------------------------------- arguments
-def _resolve_weights(names: Sequence[str], weights) -> Dict[str, object]:
-    if isinstance(weights, Mapping):
-        table = {}
-        for key, value in weights.items():
-            table[get_backbone(key).name] = value
-        out = {name: table.get(name, "imagenet") for name in names}
-    else:
-        if weights_kind(weights) == "file" and len(names) > 1:
-            raise ValueError(
-                f"Received one weights file weights={str(weights)!r} for {len(names)} backbones "
-                f"({', '.join(names)}); expected one backbone, or a dict backbone -> weights "
-                "such as {'ResNet50': 'resnet.h5', 'Xception': 'imagenet'}."
-            )
-        out = {name: weights for name in names}
-    for name, value in out.items():
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        weights_kind(value)  # validates
-        out[name] = value
-    return out
-
-
 def _check_positive_int(value, name) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"Invalid {name}. Received: {name}={value!r}; expected an int >= 1.")
@@ -252,7 +160,7 @@ def _prepare(source, backbones, cache_dir, weights, image_size, labels_csv, view
     ):
         raise ValueError(f"Invalid image_size. Received: image_size={image_size!r}; expected None, 0 or a positive int.")
     sizes = {name: spec.resolve_size(image_size) for name, spec in specs.items()}
-    per_weights = _resolve_weights(names, weights)
+    per_weights = resolve_weights(weights, names)
     images = load_dataset(source, labels_csv=labels_csv)
     n = len(images)
     if n == 0:
@@ -304,7 +212,7 @@ def extract_features(
     ----------
     source : str, path, list of paths or ImageSet
         A folder (Kaggle flat, folder-per-class, labels.csv or unlabeled), a list of image
-        files, or a :func:`~catdog_features.datasets.load_dataset` result.
+        files, or a :func:`~catdog_features.features.datasets.load_dataset` result.
     backbones : sequence of str or str
         Registry names (case-insensitive), or ``"A,B"``.
     cache_dir : str or path
@@ -320,7 +228,7 @@ def extract_features(
         Images per model call. Keep it the same when resuming an interrupted extraction to
         get results bit-identical to an uninterrupted one.
     labels_csv : str or path, optional
-        Passed to :func:`~catdog_features.datasets.load_dataset`.
+        Passed to :func:`~catdog_features.features.datasets.load_dataset`.
     view : {"plain", "hflip"}
         ``"hflip"`` extracts the left-right mirrored images (a test-time-augmentation view,
         cached separately).
@@ -330,7 +238,7 @@ def extract_features(
         Show a progress bar (images/s and ETA).
     lock_timeout : float
         Seconds to wait when another process is writing the same cache entry, before
-        raising :class:`~catdog_features.cache.CacheLockedError`.
+        raising :class:`~catdog_features.features.cache.CacheLockedError`.
 
     Returns
     -------
@@ -454,7 +362,7 @@ def _compute(prep, todo, batch_size, view, num_workers, progress, lock_timeout, 
 def _run_plan(plan, images, writers, mappers, sizes, batch_size, num_workers, view, progress, reports):
     from tqdm.auto import tqdm
 
-    from catdog_features.reader import read_batches
+    from catdog_features.features.reader import read_batches
 
     total = sum(seg.stop - seg.start for seg in plan)
     transform = _TRANSFORMS[view]

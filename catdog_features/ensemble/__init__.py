@@ -1,0 +1,22 @@
+"""Stage 2 ensembles: out-of-fold predictions of the best heads, combined, clipped on OOF.
+
+* :mod:`.oof`: members, folds, :func:`fit_oof` and the OOF file (:class:`OOFPredictions`);
+* :mod:`.combine`: mean, weighted blend and stacker, the chosen method (:class:`EnsembleResult`);
+* :mod:`.metrics`: log loss, accuracy, clipping and the OOF-chosen clip.
+"""
+
+from catdog_features.ensemble.combine import (
+    METHODS, EnsembleResult, apply_stacker, fit_blend, fit_ensemblers, fit_stacker,
+)
+from catdog_features.ensemble.metrics import CLIP_GRID, accuracy, choose_clip, clip_probabilities, log_loss
+from catdog_features.ensemble.oof import (
+    OOFPredictions, aligned_proba, default_estimator_factory, feature_fingerprint, fit_oof, make_folds,
+    members_from_sweep, normalize_members, oof_key, read_oof_key,
+)
+
+__all__ = [
+    "CLIP_GRID", "METHODS", "EnsembleResult", "OOFPredictions", "accuracy", "aligned_proba", "apply_stacker",
+    "choose_clip", "clip_probabilities", "default_estimator_factory", "feature_fingerprint", "fit_blend",
+    "fit_ensemblers", "fit_oof", "fit_stacker", "log_loss", "make_folds", "members_from_sweep",
+    "normalize_members", "oof_key", "read_oof_key",
+]

@@ -1,0 +1,63 @@
+"""Probability metrics of stage 2: log loss, accuracy, clipping and the OOF-chosen clip.
+
+Probabilities are ``(n, n_classes)`` matrices (binary too; column 1 is the probability of
+class 1).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+#: Clip epsilons tried by :func:`choose_clip` (0.005 is the reference recipe's).
+CLIP_GRID = (0.0, 1e-4, 1e-3, 0.0025, 0.005, 0.01, 0.02, 0.05)
+#: Probabilities are clipped to this before taking logs.
+TINY = 1e-15
+
+
+def clip_probabilities(probs, eps: float) -> np.ndarray:
+    """Clip to ``[eps, 1 - eps]``.
+
+    A 1-d array is a binary probability of class 1; a 2-d array is a probability matrix,
+    whose rows are renormalised after clipping (multi-class), so they still sum to 1.
+    """
+    eps = float(eps)
+    if not 0.0 <= eps < 0.5:
+        raise ValueError(f"Invalid clip. Received: clip={eps!r}; expected a number in [0, 0.5).")
+    probs = np.asarray(probs, dtype=np.float64)
+    if eps == 0.0:
+        return probs.copy()
+    clipped = np.clip(probs, eps, 1.0 - eps)
+    if clipped.ndim == 2:
+        clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    return clipped
+
+
+def log_loss(probs, y) -> float:
+    """Mean negative log probability of the true class (probabilities floored at 1e-15)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    p = probs[np.arange(len(y)), y] / probs.sum(axis=1)
+    return float(-np.mean(np.log(np.clip(p, TINY, 1.0))))
+
+
+def accuracy(probs, y) -> float:
+    return float(np.mean(np.argmax(probs, axis=1) == np.asarray(y)))
+
+
+def choose_clip(oof_probs, y, grid: Sequence[float] = CLIP_GRID):
+    """The clip epsilon from ``grid`` with the lowest log loss on OOF predictions.
+
+    Only OOF predictions and their labels go in, so the test set can never influence the
+    choice. Ties go to the smaller epsilon.
+
+    Returns
+    -------
+    eps : float
+    losses : dict of float -> float
+        Log loss for every epsilon in ``grid``.
+    """
+    losses = {float(eps): log_loss(clip_probabilities(oof_probs, eps), y) for eps in grid}
+    best = min(losses, key=lambda e: (round(losses[e], 12), e))
+    return best, losses

@@ -1,0 +1,379 @@
+"""Out-of-fold predictions of ensemble members, and the OOF file (``oof.h5``: its one owner).
+
+:func:`fit_oof` fits every member (a head config ``{"name", "params", "backbones"}``, by
+default the top-k distinct trials of a sweep, see :func:`members_from_sweep`) on K
+stratified, seeded folds. Each fold model sees only its training part (its own
+early-stopping split is carved out of that part, never out of the held-out rows), predicts
+the held-out rows, and predicts the test set; a member's test prediction is the mean of
+its K fold models. :class:`OOFPredictions` is stored in HDF5 (ids, labels, fold ids,
+per-member probabilities, member configs) so ensemblers can be refitted without refitting
+any head. Everything saved is plain arrays or JSON: no pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from catdog_features._io import atomic_path
+
+OOF_FORMAT = 1
+
+
+def _member_name(trial) -> str:
+    return f"t{trial['tid']}"
+
+
+def normalize_members(members) -> List[dict]:
+    """Validate member configs ``{"name", "params", "backbones"}`` (names made unique)."""
+    if isinstance(members, Mapping):
+        members = [members]
+    out, seen = [], set()
+    for k, member in enumerate(members):
+        if not isinstance(member, Mapping) or "backbones" not in member:
+            raise ValueError(
+                f"Invalid member config #{k}. Received: {member!r}; expected a dict with "
+                "'params' (head keyword arguments) and 'backbones' (feature names)."
+            )
+        backbones = member["backbones"]
+        backbones = [backbones] if isinstance(backbones, str) else list(backbones)
+        if not backbones:
+            raise ValueError(f"Member config #{k} has no backbones; expected at least one.")
+        name = str(member.get("name") or f"m{k + 1}")
+        if name in seen:
+            name = f"{name}_{k + 1}"
+        seen.add(name)
+        out.append({**dict(member), "name": name, "params": dict(member.get("params") or {}), "backbones": backbones})
+    if not out:
+        raise ValueError("Received no member configs; expected at least one.")
+    return out
+
+
+def members_from_sweep(result, top_k: int = 5) -> List[dict]:
+    """Member configs from the top-``top_k`` distinct successful trials of a sweep.
+
+    ``result`` is a :class:`~catdog_features.search.SweepResult` (uses ``result.top``) or
+    a list of trial dicts (``status``, ``loss``, ``params``, ``backbones``, ``tid``).
+    """
+    from catdog_features.search.trials import SweepResult
+
+    if not hasattr(result, "top"):
+        result = SweepResult.from_trials(list(result))
+    trials = list(result.top(top_k, distinct=True))
+    if not trials:
+        raise ValueError("The sweep has no successful trials; run more evaluations before ensembling.")
+    return [
+        {
+            "name": _member_name(t),
+            "params": dict(t["params"]),
+            "backbones": list(t["backbones"]),
+            "trial": t.get("tid"),
+            "sweep_loss": t.get("loss"),
+            "best_epoch": t.get("best_epoch"),
+        }
+        for t in trials
+    ]
+
+
+def default_estimator_factory(params: dict, random_state: int):
+    """A :class:`~catdog_features.heads.DenseHead` with ``params`` and the fold's seed."""
+    from catdog_features.heads import DenseHead
+
+    return DenseHead(**{**params, "random_state": random_state})
+
+
+# --------------------------------------------------------------------------- fingerprints
+def _hash_update_array(digest, array) -> None:
+    array = np.ascontiguousarray(array)
+    digest.update(str((array.dtype.str, array.shape)).encode())
+    if array.dtype.kind in "US":
+        digest.update("\x00".join(map(str, array.ravel())).encode())
+    else:
+        digest.update(memoryview(array).cast("B"))
+
+
+def feature_fingerprint(features, backbones: Optional[Sequence[str]] = None) -> str:
+    """Hash of a FeatureSet's ids, labels and the vectors of ``backbones`` (default: all)."""
+    digest = hashlib.sha256()
+    _hash_update_array(digest, np.asarray(features.ids, dtype=str))
+    if features.labels is not None:
+        _hash_update_array(digest, np.asarray(features.labels))
+    digest.update(json.dumps(list(features.class_names)).encode())
+    for name in sorted(backbones if backbones is not None else features.backbones):
+        digest.update(name.encode())
+        _hash_update_array(digest, features[name])
+    return digest.hexdigest()
+
+
+def oof_key(members, features, test=None, folds: int = 5, random_state: int = 0, extra=None) -> str:
+    """Key that changes whenever the OOF predictions would: member configs, folds, seed, features."""
+    members = normalize_members(members)
+    used = sorted({b for m in members for b in m["backbones"]})
+    payload = {
+        "format": OOF_FORMAT,
+        "members": [{k: m[k] for k in ("name", "params", "backbones")} for m in members],
+        "folds": int(folds),
+        "random_state": int(random_state),
+        "train": feature_fingerprint(features, used),
+        "test": None if test is None else feature_fingerprint(test, used),
+        "extra": extra,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+# --------------------------------------------------------------------------- OOF
+@dataclass
+class OOFPredictions:
+    """Out-of-fold and test probabilities of every member.
+
+    Attributes
+    ----------
+    ids, labels, folds : ndarray (n,)
+        Training ids, class index and the fold each row was held out in.
+    class_names : tuple of str
+    members : list of dict
+        Member configs (``name``, ``params``, ``backbones``, plus sweep info).
+    oof : dict of str -> ndarray (n, n_classes)
+        Member name -> probabilities predicted for each row by the fold model that did not see it.
+    test_ids : ndarray (m,) or None
+    test : dict of str -> ndarray (m, n_classes)
+        Member name -> mean of its fold models' test probabilities.
+    test_failed : list of (id, path, reason)
+        Test images that could not be read (they still need a submission row).
+    key : str
+        :func:`oof_key` of what produced this.
+    info : dict
+        ``folds``, ``random_state``, fit durations per member, ...
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    folds: np.ndarray
+    class_names: tuple
+    members: List[dict]
+    oof: Dict[str, np.ndarray]
+    test_ids: Optional[np.ndarray] = None
+    test: Dict[str, np.ndarray] = field(default_factory=dict)
+    test_failed: List[tuple] = field(default_factory=list)
+    key: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def member_names(self) -> List[str]:
+        return [m["name"] for m in self.members]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def prior(self) -> np.ndarray:
+        """Training class frequencies (the prediction for unreadable test images)."""
+        counts = np.bincount(self.labels, minlength=self.n_classes).astype(np.float64)
+        return counts / counts.sum()
+
+    def save(self, path) -> Path:
+        """Write to HDF5 (via a temporary file, then rename)."""
+        import h5py
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        str_dt = h5py.string_dtype()
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["format"] = OOF_FORMAT
+            f.attrs["key"] = self.key
+            f.attrs["class_names"] = json.dumps(list(self.class_names))
+            f.attrs["members"] = json.dumps(self.members, default=str)
+            f.attrs["info"] = json.dumps(self.info, default=str)
+            f.attrs["test_failed"] = json.dumps([list(t) for t in self.test_failed])
+            f.create_dataset("ids", data=np.asarray(self.ids, dtype=object), dtype=str_dt)
+            f.create_dataset("labels", data=np.asarray(self.labels, dtype=np.int64))
+            f.create_dataset("folds", data=np.asarray(self.folds, dtype=np.int64))
+            if self.test_ids is not None:
+                f.create_dataset("test_ids", data=np.asarray(self.test_ids, dtype=object), dtype=str_dt)
+            for name in self.member_names:
+                g = f.create_group(f"members/{name}")
+                g.create_dataset("oof", data=np.asarray(self.oof[name], dtype=np.float64))
+                if name in self.test:
+                    g.create_dataset("test", data=np.asarray(self.test[name], dtype=np.float64))
+            f.flush()
+        return path
+
+    @classmethod
+    def load(cls, path) -> "OOFPredictions":
+        """Read a file written by :meth:`save`."""
+        import h5py
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"OOF predictions not found. Received: {str(path)!r}.")
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("format", -1)) != OOF_FORMAT:
+                raise ValueError(f"{str(path)!r} is not an OOF predictions file of format {OOF_FORMAT}.")
+            members = json.loads(f.attrs["members"])
+            names = [m["name"] for m in members]
+            test_ids = f["test_ids"].asstr()[()] if "test_ids" in f else None
+            return cls(
+                ids=np.asarray(f["ids"].asstr()[()], dtype=str),
+                labels=f["labels"][()],
+                folds=f["folds"][()],
+                class_names=tuple(json.loads(f.attrs["class_names"])),
+                members=members,
+                oof={n: f[f"members/{n}/oof"][()] for n in names},
+                test_ids=None if test_ids is None else np.asarray(test_ids, dtype=str),
+                test={n: f[f"members/{n}/test"][()] for n in names if f"members/{n}/test" in f},
+                test_failed=[tuple(t) for t in json.loads(f.attrs["test_failed"])],
+                key=str(f.attrs["key"]),
+                info=json.loads(f.attrs["info"]),
+            )
+
+
+def read_oof_key(path) -> Optional[str]:
+    """The key stored in an OOF file, or None when the file is missing/unreadable."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return str(f.attrs["key"])
+    except (OSError, KeyError):
+        return None
+
+
+def make_folds(labels, folds: int = 5, random_state: int = 0) -> np.ndarray:
+    """Fold id per row from a seeded, shuffled StratifiedKFold (plain KFold if a class is too small)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    folds = int(folds)
+    if folds < 2:
+        raise ValueError(f"Invalid folds. Received: folds={folds}; expected an integer >= 2.")
+    if len(labels) < folds:
+        raise ValueError(f"Cannot make {folds} folds from {len(labels)} labelled rows; expected at least {folds} rows.")
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    if counts.max() >= folds:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
+    else:  # every class smaller than the fold count: stratification is impossible
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=random_state)
+    fold_of = np.full(len(labels), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+            fold_of[held_out] = k
+    return fold_of
+
+
+def aligned_proba(estimator, X, n_classes: int) -> np.ndarray:
+    """``predict_proba`` with one column per class, even if the fold lacked some classes."""
+    proba = np.asarray(estimator.predict_proba(X), dtype=np.float64)
+    classes = np.asarray(getattr(estimator, "classes_", np.arange(proba.shape[1]))).astype(np.int64)
+    if proba.shape[1] == n_classes and np.array_equal(classes, np.arange(n_classes)):
+        return proba
+    out = np.zeros((len(proba), n_classes))
+    out[:, classes] = proba
+    return out
+
+
+def fit_oof(
+    members,
+    features,
+    test=None,
+    folds: int = 5,
+    random_state: int = 0,
+    *,
+    estimator_factory: Optional[Callable] = None,
+    models_dir=None,
+    progress: bool = True,
+) -> OOFPredictions:
+    """Out-of-fold predictions of every member, and their fold-mean test predictions.
+
+    Parameters
+    ----------
+    members : list of dict or SweepResult
+        Member configs ``{"name", "params", "backbones"}``; a SweepResult gives its
+        top-5 distinct trials.
+    features : FeatureSet
+        Labelled training features holding every member's backbones.
+    test : FeatureSet, optional
+        Unlabelled test features to predict with each member's K fold models.
+    folds : int
+        Number of stratified folds (seeded with ``random_state``).
+    random_state : int
+        Seed of the folds; fold ``k``'s model gets ``random_state + k``.
+    estimator_factory : callable(params, random_state) -> classifier, optional
+        Builds a member's model; default :func:`default_estimator_factory` (DenseHead).
+    models_dir : path, optional
+        Save each fold model there as ``<member>/fold<k>.keras`` (estimators with ``save``),
+        so new images can be predicted later exactly like the test set was.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    OOFPredictions
+    """
+    from tqdm.auto import tqdm
+
+    if hasattr(members, "top"):
+        members = members_from_sweep(members)
+    members = normalize_members(members)
+    if features.labels is None:
+        raise ValueError("fit_oof needs labelled training features; received an unlabeled FeatureSet.")
+    factory = estimator_factory or default_estimator_factory
+    n_classes = len(features.class_names)
+    labels = np.asarray(features.labels, dtype=np.int64)
+    fold_of = make_folds(labels, folds, random_state)
+    n_folds = int(fold_of.max()) + 1
+    oof = {m["name"]: np.full((len(labels), n_classes), np.nan) for m in members}
+    test_probs = {}
+    durations = {}
+    bar = tqdm(total=len(members) * n_folds, desc="OOF fits", unit="fit", disable=not progress)
+    for member in members:
+        name = member["name"]
+        X = features.concat(member["backbones"])
+        X_test = test.concat(member["backbones"]) if test is not None and len(test) else None
+        test_sum = None if X_test is None else np.zeros((len(X_test), n_classes))
+        start = time.perf_counter()
+        for k in range(n_folds):
+            train_rows = np.flatnonzero(fold_of != k)
+            held_out = np.flatnonzero(fold_of == k)
+            estimator = factory(dict(member["params"]), int(random_state) + k)
+            estimator.fit(X[train_rows], labels[train_rows])  # held-out rows never reach fit
+            oof[name][held_out] = aligned_proba(estimator, X[held_out], n_classes)
+            if X_test is not None:
+                test_sum += aligned_proba(estimator, X_test, n_classes)
+            if models_dir is not None:
+                if not hasattr(estimator, "save"):
+                    raise ValueError(f"models_dir given but {type(estimator).__name__} has no save(); expected a DenseHead.")
+                target = Path(models_dir) / name / f"fold{k}.keras"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                estimator.save(target)
+            bar.update(1)
+        durations[name] = round(time.perf_counter() - start, 3)
+        if test_sum is not None:
+            test_probs[name] = test_sum / n_folds
+    bar.close()
+    test_failed = []
+    if test is not None:
+        test_failed = [(Path(p).stem, str(p), str(reason)) for p, reason in test.failed]
+    return OOFPredictions(
+        ids=np.asarray(features.ids, dtype=str),
+        labels=labels,
+        folds=fold_of,
+        class_names=tuple(features.class_names),
+        members=members,
+        oof=oof,
+        test_ids=None if test is None else np.asarray(test.ids, dtype=str),
+        test=test_probs,
+        test_failed=test_failed,
+        key=oof_key(members, features, test, folds, random_state),
+        info={"folds": n_folds, "random_state": int(random_state), "fit_seconds": durations,
+              "train_key": oof_key(members, features, None, folds, random_state)},
+    )
