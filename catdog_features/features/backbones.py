@@ -63,6 +63,25 @@ class BackboneSpec:
         """Apply this backbone's own ``keras.applications`` preprocessing to RGB 0..255 input."""
         return self._module().preprocess_input(x)
 
+    def identity(self) -> Dict[str, object]:
+        """What of this backbone changes its vectors, as JSON-able data (part of the extractor key).
+
+        The weights are not in it (see :meth:`weights_identity`), nor the name alone: two
+        names for the same constructor, preprocessing and pooling give the same vectors.
+        """
+        return {
+            "family": "keras.applications",
+            "module": self.module,
+            "constructor": self.constructor,
+            "preprocess": self.preprocess,
+            "pooling": self.pooling,
+            "dim": int(self.dim),
+        }
+
+    def weights_identity(self, weights) -> str:
+        """A string that changes whenever ``weights`` would give this backbone other vectors."""
+        return weights_identity(weights)
+
     def resolve_size(self, image_size: Optional[int]) -> int:
         """The input size to use: the native one for ``None``/0, else ``image_size`` (validated)."""
         if not image_size:
