@@ -482,6 +482,22 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """The JSON file saved next to a ``.keras`` model: ``<path>.json``."""
         return Path(str(path) + ".json")
 
+    @classmethod
+    def read_sidecar(cls, path) -> dict:
+        """The JSON sidecar of a saved head (``params``, ``classes``, ``best_epoch``, ``history``, ...).
+
+        ``path`` is the ``.keras`` file or its sidecar; no model is loaded.
+        """
+        path = Path(path)
+        sidecar = path if path.name.endswith(".keras.json") else cls.sidecar_path(path)
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        if meta.get("format") != _SIDECAR_FORMAT:
+            raise ValueError(
+                f"Received a sidecar of format {meta.get('format')!r} at {str(sidecar)!r}; "
+                f"expected {_SIDECAR_FORMAT!r}."
+            )
+        return meta
+
     def save(self, path):
         """Save to ``path`` (must end in ``.keras``) plus a JSON sidecar ``<path>.json``.
 

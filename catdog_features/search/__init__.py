@@ -9,10 +9,10 @@
 from catdog_features.search.space import BACKBONES_KEY, backbone_space, default_space, describe_space
 from catdog_features.search.tpe import sweep
 from catdog_features.search.trials import (
-    SweepMismatchError, SweepResult, TrialsBusyError, TrialsFileError, TrialStore,
+    SweepMismatchError, SweepResult, TrialsBusyError, TrialsFileError, TrialStore, read_trials,
 )
 
 __all__ = [
     "BACKBONES_KEY", "SweepMismatchError", "SweepResult", "TrialStore", "TrialsBusyError", "TrialsFileError",
-    "backbone_space", "default_space", "describe_space", "sweep",
+    "backbone_space", "default_space", "describe_space", "read_trials", "sweep",
 ]

@@ -13,7 +13,7 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 
 from catdog_features.search.space import BACKBONES_KEY
@@ -155,6 +155,35 @@ class TrialStore:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def read_trials(path) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """``(trials, meta)`` of a trials file, read-only: works while a sweep holds the file.
+
+    SQLite's WAL gives a consistent snapshot of the committed trials without taking the
+    sweep's lock, so a report or a notebook can read a running sweep.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Trials file not found. Received: {str(path)!r}.")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise TrialsFileError(f"Not a readable trials file. Received: trials_path='{path}' ({exc}).") from None
+    try:
+        cols = TrialStore._COLUMNS
+        trials = []
+        for row in conn.execute(f"SELECT {', '.join(cols)} FROM trials ORDER BY tid"):
+            rec = dict(zip(cols, row))
+            for key in TrialStore._JSON:
+                rec[key] = json.loads(rec[key])
+            trials.append(rec)
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    except sqlite3.Error as exc:
+        raise TrialsFileError(f"Not a readable trials file. Received: trials_path='{path}' ({exc}).") from None
+    finally:
+        conn.close()
+    return trials, meta
 
 
 def move_aside(path: Path) -> Optional[Path]:
