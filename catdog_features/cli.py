@@ -22,6 +22,7 @@ COMMANDS = {
     "report": "report",
     "run": "run",
     "demo": "demo",
+    "cache": "cache",
 }
 
 
@@ -51,13 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _has_nvidia_driver() -> bool:
+    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+
+
+def _quiet_tensorflow() -> None:
+    """Set TensorFlow's C++ log level before it is imported (it reads it once, at import).
+
+    On a machine without an NVIDIA driver, TF's CUDA probe logs "failed call to cuInit" at
+    error level although nothing is wrong: only fatal messages are shown there. With a
+    driver, errors stay visible (they matter on a GPU). A value the user set is kept.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if _has_nvidia_driver() else "3")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the output
+    _quiet_tensorflow()
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
@@ -66,7 +81,8 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as exc:
         if args.debug:
             raise
-        print(f"catdog-features {args.command}: error: {exc}", file=sys.stderr)
+        text = str(exc).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        print(f"catdog-features {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -2,7 +2,6 @@
 
 import time
 
-import h5py
 import pytest
 
 from catdog_features import cli
@@ -44,22 +43,19 @@ def test_extract_prints_a_summary_then_hits_the_cache(folder, tmp_path, capsys):
             "--image-size", "32", "--batch-size", "4", "--no-progress"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert f"{folder}: 10 images -> 8 rows, 2 failures" in out
+    assert f"{folder}: 10 images (9 distinct contents) -> 8 rows, 2 failures" in out
     assert "failures by reason:" in out and "not an image: 1" in out and "empty file: 1" in out
     assert "cat.100.jpg" in out
     for name, dim in (("VGG16", 512), ("MobileNetV2", 1280)):
         line = next(line for line in out.splitlines() if line.strip().startswith(name))
-        assert f"32px  dim {dim}  computed 10 images" in line and "img/s" in line
-    files = sorted(p.name for p in tmp_path.glob("*.h5"))
-    for path in tmp_path.glob("*.h5"):  # read by catdog_features.report
-        with h5py.File(path, "r", locking=False) as f:
-            assert f.attrs["images_per_s"] > 0
-    assert len(files) == 2 and all(name in out for name in files)
-    assert "pass: 10 images in" in out
+        assert f"32px  dim {dim}  computed 8 (" in line and "img/s" in line and "0 from the store" in line
+    folders = sorted(p.name for p in tmp_path.iterdir() if (p / "extractor.json").is_file())
+    assert len(folders) == 2 and all(name in out for name in folders)
+    assert "pass: 9 images in" in out
 
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("cache hit") == 2 and "no model was run" in out
+    assert out.count("cache hit (all 9 contents in the store)") == 2 and "no model was run" in out
 
 
 def test_extract_hflip_view(folder, tmp_path, capsys):
@@ -67,7 +63,7 @@ def test_extract_hflip_view(folder, tmp_path, capsys):
             "--image-size", "32", "--view", "hflip", "--workers", "1", "--no-progress"]
     assert cli.main(argv) == 0
     assert "(view hflip)" in capsys.readouterr().out
-    assert [p.name.split("-")[2] for p in tmp_path.glob("*.h5")] == ["hflip"]
+    assert [p.name.split("-")[2] for p in tmp_path.iterdir() if p.is_dir()] == ["hflip"]
 
 
 @pytest.mark.parametrize("case, message", [
@@ -98,7 +94,7 @@ def test_extract_errors_are_one_clear_line(folder, tmp_path, capsys, case, messa
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("catdog-features extract: error: " + message), err
-    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.h5"))
+    assert not (tmp_path / "c").exists()  # nothing written for a bad call
 
 
 @pytest.mark.slow
@@ -123,4 +119,5 @@ def test_unreachable_imagenet_download_is_a_clear_error(folder, tmp_path):
     error = proc.stderr[proc.stderr.index("catdog-features extract: error: "):]
     assert error.startswith("catdog-features extract: error: Could not download the ImageNet weights for VGG16")
     assert "--weights PATH" in error and "--weights none" in error
+    assert not (tmp_path / "c").exists()  # a failed download leaves no empty store entries
 

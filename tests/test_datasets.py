@@ -1,10 +1,12 @@
 """catdog_features.features.datasets: layout detection, labels, id order, errors, the real sample data."""
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from catdog_features.features.datasets import ImageSet, load_dataset, natural_key
 
@@ -351,3 +353,34 @@ def test_image_set_is_frozen(kaggle_dir):
     with pytest.raises(AttributeError):
         images.layout = "kaggle"
     assert isinstance(images, ImageSet)
+
+
+@pytest.mark.parametrize("bad_id", ["../../outside/secret", "/etc/passwd", "sub/img", "..", "a\\b"])
+def test_labels_csv_ids_cannot_reach_outside_the_image_folder(tmp_path, bad_id):
+    train = tmp_path / "train"
+    train.mkdir()
+    Image.new("RGB", (8, 8)).save(train / "ok.jpg")
+    (tmp_path / "outside").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside" / "secret.jpg")
+    (tmp_path / "labels.csv").write_text(f"id,breed\nok,pug\n{bad_id},boxer\n")
+    with pytest.raises(ValueError, match=r"labels.csv' line 3: id .* is not a file name"):
+        load_dataset(tmp_path)
+
+
+def test_labels_csv_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    train = tmp_path / "train"
+    train.mkdir()
+    Image.new("RGB", (8, 8)).save(train / "ok.jpg")
+    (tmp_path / "labels.csv").write_bytes(b"id,breed\nok,pug\nok2,m\xfcnsterl\xe4nder\n")
+    with pytest.raises(ValueError, match=r"labels.csv' line 3: byte b'\\xfc' is not UTF-8"):
+        load_dataset(tmp_path)
+
+
+def test_entries_named_like_images_that_are_not_files_are_listed(tmp_path):
+    folder = tmp_path / "test"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "1.jpg")
+    (folder / "2.jpg").mkdir()
+    os.symlink(folder / "missing.jpg", folder / "3.jpg")
+    images = load_dataset(folder)
+    assert list(images.ids) == ["1", "2", "3"]  # the reader turns 2 and 3 into failure records

@@ -1,4 +1,4 @@
-"""``catdog-features extract``: pooled backbone vectors of an image folder into the cache.
+"""``catdog-features extract``: pooled backbone vectors of an image folder into the feature store.
 
 Standard library only at module level (``--help`` must not import TensorFlow); the work is
 imported inside :func:`run`.
@@ -7,19 +7,19 @@ imported inside :func:`run`.
 from __future__ import annotations
 
 import argparse
-
-from catdog_features.commands import _argtypes
 import sys
 
-HELP = "extract pooled backbone features of an image folder into the HDF5 cache (resumable)"
+from catdog_features.commands import _argtypes
+
+HELP = "extract pooled backbone features of an image folder into the feature store (resumable)"
 DESCRIPTION = (
     "Read every image of DATA once, run it through each backbone (frozen, global average "
-    "pooling) and store the vectors in a fingerprinted HDF5 cache. Running the same command "
-    "again reads the cache and does no model work; an interrupted run (Ctrl-C, kill -9) "
-    "resumes where it stopped. Images that cannot be used are listed with a reason."
+    "pooling) and store the vectors in the content-addressed feature store: each image content "
+    "goes through each backbone once, ever, whatever folder or list it shows up in. Running the "
+    "same command again reads the store and does no model work; an interrupted run (Ctrl-C, "
+    "kill -9, a full disk) continues where it stopped. Images that cannot be used are listed "
+    "with a reason."
 )
-
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plain images or left-right mirrored ones (a cached TTA view) (default: %(default)s)")
     parser.add_argument("--workers", type=_argtypes.positive_int, default=None, metavar="N",
                         help="image decoding threads (default: number of CPUs)")
-    parser.add_argument("--lock-timeout", type=float, default=30.0, metavar="S",
-                        help="seconds to wait for another process writing the same entry (default: %(default)s)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="compute precision of the backbones; vectors are stored as float32 and each precision "
+                        "is its own extractor (default: %(default)s)")
+    parser.add_argument("--lock-timeout", type=_argtypes.seconds, default=30.0, metavar="S",
+                        help="seconds to wait for another process updating a store index (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def printable(path) -> str:
+    """A path as text any terminal can show (undecodable bytes of a file name as \\xNN)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _fmt_rate(rate):
@@ -52,26 +60,23 @@ def _fmt_rate(rate):
 def format_summary(report, data) -> str:
     """The text printed after an extraction."""
     lines = [
-        f"{data}: {report.n_inputs} images -> {report.n_rows} rows, {len(report.failed)} failures"
+        f"{printable(data)}: {report.n_inputs} images ({report.n_contents} distinct contents) -> {report.n_rows} rows, "
+        f"{len(report.failed)} failures"
         + (f" (view {report.view})" if report.view != "plain" else "")
     ]
     if report.failed:
         lines.append("failures by reason:")
         for reason, paths in report.failures_by_reason().items():
-            shown = ", ".join(paths[:3]) + (f", ... ({len(paths) - 3} more)" if len(paths) > 3 else "")
+            shown = ", ".join(map(printable, paths[:3])) + (f", ... ({len(paths) - 3} more)" if len(paths) > 3 else "")
             lines.append(f"  {reason}: {len(paths)}  e.g. {shown}")
     width = max(len(name) for name in report.backbones)
     for name, b in report.backbones.items():
         if b.cache_hit:
-            what = "cache hit"
+            what = f"cache hit (all {report.n_contents} contents in the store)"
         else:
-            what = f"computed {b.computed} images ({_fmt_rate(b.images_per_s)} in the model)"
-            if b.resumed_from:
-                what += f", resumed at {b.resumed_from}"
+            what = f"computed {b.computed} ({_fmt_rate(b.images_per_s)} in the model), {b.found} from the store"
         lines.append(f"  {name:<{width}}  {b.image_size}px  dim {b.dim}  {what}")
         lines.append(f"  {'':<{width}}  -> {b.cache_file}")
-        if b.recovered:
-            lines.append(f"  {'':<{width}}  recovered: {b.recovered}")
     if report.processed:
         lines.append(
             f"pass: {report.processed} images in {report.pass_seconds:.1f}s ({_fmt_rate(report.images_per_s)}); "
@@ -85,13 +90,13 @@ def format_summary(report, data) -> str:
 def run(args) -> int:
     import warnings
 
-    from catdog_features.features.cache import CacheWarning
-    from catdog_features.features.extract import extract_with_report
+    from catdog_features.features.extract import FeatureWarning, extract_with_report
+    from catdog_features.features.store import CacheWarning
 
     original = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, CacheWarning):  # ours: one plain line, no source location
+        if issubclass(category, (CacheWarning, FeatureWarning)):  # ours: one plain line, no source location
             print(f"catdog-features extract: warning: {message}", file=sys.stderr)
         else:
             original(message, category, filename, lineno, file, line)
@@ -101,6 +106,7 @@ def run(args) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", CacheWarning)
+        warnings.simplefilter("always", FeatureWarning)
         warnings.showwarning = show  # restored by catch_warnings
         _fs, report = extract_with_report(
             args.data,
@@ -114,6 +120,7 @@ def run(args) -> int:
             num_workers=args.workers,
             progress=not args.no_progress,
             lock_timeout=args.lock_timeout,
+            precision=args.precision,
             on_message=status,
         )
     print(format_summary(report, args.data))

@@ -104,7 +104,14 @@ def _is_image(path: Path) -> bool:
 
 
 def _list_images(folder: Path) -> list:
-    return [p for p in folder.iterdir() if p.is_file() and _is_image(p)]
+    # Every entry with an image name counts, whatever it is: a directory, a broken symlink or
+    # a FIFO named x.jpg becomes a failure record with a reason when it is read, so
+    # rows + failures always equals what the user sees in the folder.
+    return [p for p in folder.iterdir() if _is_image(p)]
+
+
+def _is_class_dir(d: Path) -> bool:
+    return d.is_dir() and not d.name.startswith(".") and not _is_image(d) and any(_is_image(p) for p in d.iterdir())
 
 
 def _sorted(ids, paths, labels):
@@ -154,6 +161,26 @@ def _from_paths(paths: Sequence[Path], root, layout_hint=None) -> ImageSet:
 
 
 def _read_labels_csv(csv_path: Path):
+    try:
+        return _parse_labels_csv(csv_path)
+    except UnicodeDecodeError as exc:
+        line = csv_path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"labels file {str(csv_path)!r} line {line}: byte {exc.object[exc.start:exc.start + 1]!r} is not UTF-8; "
+            "expected a UTF-8 text file (re-save it as UTF-8)."
+        ) from None
+
+
+def _check_id(image_id: str, csv_path: Path, lineno: int) -> None:
+    """An id names a file inside the image folder: no separators, no '..', not absolute."""
+    if image_id in (".", "..") or "/" in image_id or "\\" in image_id or "\x00" in image_id or os.path.isabs(image_id):
+        raise ValueError(
+            f"labels file {str(csv_path)!r} line {lineno}: id {image_id!r} is not a file name; expected an image "
+            "id such as '000bec180eb18c7604dcecc8fe0dba07' naming a file inside the image folder."
+        )
+
+
+def _parse_labels_csv(csv_path: Path):
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
@@ -175,6 +202,7 @@ def _read_labels_csv(csv_path: Path):
                 raise ValueError(
                     f"labels file {str(csv_path)!r} line {lineno}: received {row}; expected 'id,<class>'."
                 )
+            _check_id(row[0].strip(), csv_path, lineno)
             rows.append((row[0].strip(), row[1].strip()))
     if not rows:
         raise ValueError(f"labels file {str(csv_path)!r} has no rows.")
@@ -320,10 +348,7 @@ def load_dataset(
         return _from_labels_csv(csv_path, image_dir)
 
     files = _list_images(root)
-    class_dirs = [
-        d for d in sorted(root.iterdir())
-        if d.is_dir() and not d.name.startswith(".") and any(_is_image(p) for p in d.iterdir())
-    ]
+    class_dirs = [d for d in sorted(root.iterdir()) if _is_class_dir(d)]
     if files and class_dirs:
         raise ValueError(
             f"Folder {str(root)!r} has both image files (e.g. {sorted(p.name for p in files)[:3]}) and "

@@ -1,38 +1,50 @@
-"""extract_features(): images -> pooled vectors of frozen backbones, through the HDF5 cache.
+"""extract_features(): image lists -> pooled vectors of frozen backbones, through the feature store.
 
-Reader / mapper / writer, as in clip-retrieval:
+Plan, then do (embedding-reader), with clip-retrieval's reader / mapper / writer:
 
-* **reader** (:func:`catdog_features.features.reader.read_batches`): decodes each file once, in a
-  thread pool that prefetches ahead of the models, and resizes it to every size needed;
-* **mapper** (:class:`Mapper`): one compiled ``tf.function`` per backbone (its own
-  ``preprocess_input`` + ``model(x, training=False)``) with a fixed batch shape -- the last
-  partial batch is padded -- so no retracing happens and every batch runs the same kernels;
-* **writer** (:class:`catdog_features.features.cache.EntryWriter`): appends and commits rows.
+1. **list and hash** the images (:mod:`.datasets`, :func:`.fingerprint.hash_files`): one
+   SHA-256 per file's bytes; files whose bytes cannot be read get a reason instead;
+2. **look up** every content in each extractor's store (:mod:`.store`): a stored row, a stored
+   failure record, or missing;
+3. **plan** the distinct missing contents and which extractors lack each (:mod:`.plan`);
+4. **compute** them in one pass: the **reader** (:func:`.reader.read_windows`) decodes each
+   content once for every backbone and size, the **mappers** (:class:`.mapper.Mapper`) run
+   each backbone on fixed-shape batches (each content at its own slot), the **writers**
+   (:class:`.shard.ShardWriter`) commit the rows batch by batch into new shards;
+5. **assemble** the FeatureSet in the list's order from the store: ids, labels and order come
+   from the list, the vectors from the store; every input is a row or a failure record.
 
-Which positions still need which backbone is decided up front by the pure
-:func:`catdog_features.features.cache.plan_segments`; then one pass over the images feeds every
-backbone that still lacks them. When every entry is complete the cache is read and no
-model is built (TensorFlow is not even imported).
+When every content is already stored no model is built and TensorFlow is not imported.
 """
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from catdog_features.features import cache as _cache
-from catdog_features.features.backbones import BackboneSpec, get_backbone, parse_backbones, resolve_weights, weights_identity
+from catdog_features._checks import check_choice, check_int
+from catdog_features.features import fingerprint
+from catdog_features.features.backbones import BackboneSpec, get_backbone, parse_backbones, resolve_weights
 from catdog_features.features.datasets import ImageSet, load_dataset
 from catdog_features.features.featureset import FeatureSet
-from catdog_features.features.mapper import Mapper
+from catdog_features.features.plan import Work, plan_batches, plan_work
+from catdog_features.features.store import DEFAULT_LOCK_TIMEOUT, ExtractorStore, FeatureStore, RowsLost
 
 DEFAULT_BACKBONES = ("ResNet50", "InceptionV3", "Xception")
-VIEWS = _cache.VIEWS
+VIEWS = fingerprint.VIEWS
+PRECISIONS = fingerprint.PRECISIONS
+#: Reason given to an image whose file changed between hashing and decoding.
+REASON_CHANGED = "changed while reading"
+
+
+class FeatureWarning(UserWarning):
+    """Extracted features look unusable (e.g. the same vector for every image)."""
 
 
 def hflip(rgb: np.ndarray) -> np.ndarray:
@@ -46,18 +58,29 @@ _TRANSFORMS = {"plain": None, "hflip": hflip}
 # --------------------------------------------------------------------------- reports
 @dataclass
 class BackboneReport:
-    """What happened to one backbone in an extraction."""
+    """What happened to one backbone in an extraction.
+
+    ``computed`` is the number of distinct image contents that went through this backbone's
+    model in the call (contract); ``found`` those already in the store when it started.
+    """
 
     name: str
     image_size: int
     dim: int
-    cache_file: str
-    cache_hit: bool
-    resumed_from: int = 0  # inputs already committed when this run started
-    computed: int = 0  # inputs processed by this run
-    model_seconds: float = 0.0  # time spent in the model (incl. waiting for its result)
+    cache_file: str  # the extractor's folder in the store
+    cache_hit: bool = False
+    found: int = 0
+    computed: int = 0
+    model_seconds: float = 0.0
     build_seconds: float = 0.0
-    recovered: Optional[str] = None  # why a corrupt file was moved aside
+    recovered: Optional[str] = None
+    store_bytes: int = 0
+    precision: str = "float32"
+
+    @property
+    def resumed_from(self) -> int:
+        """Contents already stored when the call started (the older name of ``found``)."""
+        return self.found
 
     @property
     def images_per_s(self) -> Optional[float]:
@@ -74,10 +97,11 @@ class ExtractionReport:
     backbones: Dict[str, BackboneReport]
     view: str = "plain"
     seconds: float = 0.0  # whole call
-    pass_seconds: float = 0.0  # the read + model pass (0 on a full cache hit)
-    processed: int = 0  # input positions read in the pass
+    pass_seconds: float = 0.0  # the read + model pass (0 when everything was stored)
+    processed: int = 0  # distinct contents read in the pass
     hash_seconds: float = 0.0
     pass_cpu_seconds: float = 0.0  # process CPU time (all threads) during the pass
+    n_contents: int = 0  # distinct readable contents in the list
 
     @property
     def images_per_s(self) -> Optional[float]:
@@ -90,180 +114,69 @@ class ExtractionReport:
         return dict(sorted(out.items(), key=lambda kv: (-len(kv[1]), kv[0])))
 
 
-# --------------------------------------------------------------------------- arguments
-def _check_positive_int(value, name) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"Invalid {name}. Received: {name}={value!r}; expected an int >= 1.")
-    return int(value)
-
-
-# --------------------------------------------------------------------------- assembly
-def _assemble(images: ImageSet, datas: Mapping[str, _cache.EntryData], names: Sequence[str],
-              hits: Mapping[str, bool]) -> FeatureSet:
-    n = len(images)
-    common = None
-    for name in names:
-        pos = datas[name].positions
-        common = pos if common is None else np.intersect1d(common, pos, assume_unique=True)
-    common = np.asarray(common, dtype=np.int64)
-    features = {}
-    for name in names:
-        data = datas[name]
-        if len(data.positions) == len(common) and np.array_equal(data.positions, common):
-            features[name] = data.features
-        else:
-            features[name] = data.features[np.searchsorted(data.positions, common)]
-    reasons: Dict[int, str] = {}
-    for name in names:
-        for pos, _path, reason in datas[name].failures:
-            reasons.setdefault(int(pos), reason)
-    in_rows = np.zeros(n, bool)
-    in_rows[common] = True
-    failed_positions = np.flatnonzero(~in_rows)
-    failed = [(images.paths[p], reasons.get(int(p), "failed for another backbone")) for p in failed_positions]
-    assert len(common) + len(failed) == n, "rows + failures != inputs"
-    return FeatureSet(
-        ids=images.ids[common],
-        labels=None if images.labels is None else images.labels[common],
-        class_names=tuple(images.class_names),
-        features=features,
-        failed=failed,
-        paths=tuple(images.paths[p] for p in common),
-        cache_files={name: datas[name].path for name in names},
-        cache_hits=dict(hits),
-    )
-
-
 # --------------------------------------------------------------------------- preparation
+@dataclass
+class Extractor:
+    """One backbone at one size, view and precision, and its rows in the store."""
+
+    name: str
+    spec: BackboneSpec
+    weights: object
+    size: int
+    store: ExtractorStore
+
+
 @dataclass
 class _Prepared:
     images: ImageSet
-    names: Tuple[str, ...]
-    specs: Dict[str, BackboneSpec]
-    sizes: Dict[str, int]
-    weights: Dict[str, object]
-    hashes: List[str]
-    configs: Dict[str, dict]
-    paths: Dict[str, Path]
-    cache_dir: Path
-    hash_seconds: float
+    extractors: Dict[str, Extractor]
+    hashes: List[Optional[str]]  # per input position
+    reasons: List[Optional[str]]  # per input position, when there is no hash
+    hash_seconds: float = 0.0
+    transients: Dict[str, str] = field(default_factory=dict)  # content -> reason, this call only
 
 
-def _prepare(source, backbones, cache_dir, weights, image_size, labels_csv, view) -> _Prepared:
-    """Validate the arguments, list and hash the images, fingerprint every entry (no TF)."""
+def _extractors(backbones, cache_dir, weights, image_size, view, precision, lock_timeout, on_message):
     names = parse_backbones(backbones)
-    specs = {name: get_backbone(name) for name in names}
-    if view not in VIEWS:
-        raise ValueError(f"Unknown view. Received: view={view!r}; expected one of {VIEWS}.")
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 0
-    ):
-        raise ValueError(f"Invalid image_size. Received: image_size={image_size!r}; expected None, 0 or a positive int.")
-    sizes = {name: spec.resolve_size(image_size) for name, spec in specs.items()}
+    check_choice("view", view, VIEWS)
+    check_choice("precision", precision, PRECISIONS)
+    if image_size is not None:
+        check_int("image_size", image_size, 0)
     per_weights = resolve_weights(weights, names)
+    store = FeatureStore(cache_dir, lock_timeout, on_message)
+    out = {}
+    for name in names:
+        spec = get_backbone(name)
+        size = spec.resolve_size(image_size)
+        config = fingerprint.extractor_config(spec, per_weights[name], size, view, precision)
+        out[name] = Extractor(name, spec, per_weights[name], size, store.extractor(config))
+    return out
+
+
+def _prepare(source, labels_csv, extractors) -> _Prepared:
     images = load_dataset(source, labels_csv=labels_csv)
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         raise ValueError("Received an empty image set; expected at least one image.")
     t0 = time.perf_counter()
-    hashes = _cache.hash_files(images.paths)
-    digest = _cache.images_digest(list(images.ids), hashes)
-    hash_seconds = time.perf_counter() - t0
-    versions = _cache.library_versions()
-    cache_dir = Path(cache_dir).expanduser().absolute()
-    configs, paths = {}, {}
-    for name, spec in specs.items():
-        config = _cache.entry_config(spec, weights_identity(per_weights[name]), sizes[name], view, digest, n, versions)
-        configs[name] = config
-        paths[name] = cache_dir / _cache.entry_filename(config)
-    return _Prepared(images, names, specs, sizes, per_weights, hashes, configs, paths, cache_dir, hash_seconds)
+    file_hashes = fingerprint.hash_files(images.paths)
+    return _Prepared(images, extractors, [h.sha256 for h in file_hashes], [h.reason for h in file_hashes],
+                     time.perf_counter() - t0)
 
 
-def cache_entries(source, backbones: Sequence[str] = DEFAULT_BACKBONES, cache_dir="features_cache",
-                  weights="imagenet", image_size: Optional[int] = None, labels_csv=None,
-                  view: str = "plain") -> Dict[str, Path]:
-    """The cache file each backbone's features of ``source`` live in (or would), without extracting.
+def cache_entries(source=None, backbones: Sequence[str] = DEFAULT_BACKBONES, cache_dir="features_cache",
+                  weights="imagenet", image_size: Optional[int] = None, labels_csv=None, view: str = "plain",
+                  precision: str = "float32") -> Dict[str, Path]:
+    """The store folder each backbone's rows live in (or would), without extracting anything.
 
-    Same arguments as :func:`extract_features`. Hashes the images' bytes but builds no model
-    and does not import TensorFlow. Whether a file exists and is complete tells whether
-    :func:`extract_features` would be a cache hit.
+    Same arguments as :func:`extract_features` (``source`` and ``labels_csv`` are accepted for
+    compatibility: an extractor's folder does not depend on the images). Builds no model and
+    does not import TensorFlow.
     """
-    prep = _prepare(source, backbones, cache_dir, weights, image_size, labels_csv, view)
-    return dict(prep.paths)
+    extractors = _extractors(backbones, cache_dir, weights, image_size, view, precision, DEFAULT_LOCK_TIMEOUT, None)
+    return {name: ex.store.root for name, ex in extractors.items()}
 
 
-# --------------------------------------------------------------------------- main entry
-def extract_features(
-    source,
-    backbones: Sequence[str] = DEFAULT_BACKBONES,
-    cache_dir="features_cache",
-    weights="imagenet",
-    image_size: Optional[int] = None,
-    batch_size: int = 32,
-    labels_csv=None,
-    view: str = "plain",
-    num_workers: Optional[int] = None,
-    progress: bool = True,
-    lock_timeout: float = _cache.DEFAULT_LOCK_TIMEOUT,
-) -> FeatureSet:
-    """Pooled vectors of frozen ImageNet backbones for a set of images, through the cache.
-
-    Parameters
-    ----------
-    source : str, path, list of paths or ImageSet
-        A folder (Kaggle flat, folder-per-class, labels.csv or unlabeled), a list of image
-        files, or a :func:`~catdog_features.features.datasets.load_dataset` result.
-    backbones : sequence of str or str
-        Registry names (case-insensitive), or ``"A,B"``.
-    cache_dir : str or path
-        Folder of the HDF5 cache (created if needed).
-    weights : "imagenet", None, path, or dict
-        ``"imagenet"`` (downloaded by Keras), ``None`` (random init from a fixed seed), a
-        weights file (for one backbone), or a dict backbone -> one of those (backbones not
-        in the dict use ``"imagenet"``).
-    image_size : int, optional
-        ``None``/0: each backbone's native size; else one square size for all backbones
-        (at least each backbone's ``min_size``).
-    batch_size : int
-        Images per model call. Keep it the same when resuming an interrupted extraction to
-        get results bit-identical to an uninterrupted one.
-    labels_csv : str or path, optional
-        Passed to :func:`~catdog_features.features.datasets.load_dataset`.
-    view : {"plain", "hflip"}
-        ``"hflip"`` extracts the left-right mirrored images (a test-time-augmentation view,
-        cached separately).
-    num_workers : int, optional
-        Decoder threads (default: the number of CPUs).
-    progress : bool
-        Show a progress bar (images/s and ETA).
-    lock_timeout : float
-        Seconds to wait when another process is writing the same cache entry, before
-        raising :class:`~catdog_features.features.cache.CacheLockedError`.
-
-    Returns
-    -------
-    FeatureSet
-        One row per successfully read image (aligned across backbones); unusable images
-        are in ``failed`` as ``(path, reason)``. ``cache_hits[name]`` tells whether an
-        entry was complete before the call.
-
-    Raises
-    ------
-    WeightsDownloadError
-        ``weights="imagenet"`` and the download failed (e.g. no internet).
-    ValueError, FileNotFoundError
-        Bad arguments, unknown backbone, missing or empty folder.
-    CacheLockedError
-        Another process kept the entry locked for longer than ``lock_timeout``.
-    """
-    fs, _ = extract_with_report(
-        source, backbones=backbones, cache_dir=cache_dir, weights=weights, image_size=image_size,
-        batch_size=batch_size, labels_csv=labels_csv, view=view, num_workers=num_workers,
-        progress=progress, lock_timeout=lock_timeout,
-    )
-    return fs
-
-
+# --------------------------------------------------------------------------- entry point
 def extract_with_report(
     source,
     backbones: Sequence[str] = DEFAULT_BACKBONES,
@@ -275,117 +188,276 @@ def extract_with_report(
     view: str = "plain",
     num_workers: Optional[int] = None,
     progress: bool = True,
-    lock_timeout: float = _cache.DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    precision: str = "float32",
+    jit_compile: bool = False,
     on_message=None,
-) -> Tuple[FeatureSet, ExtractionReport]:
-    """:func:`extract_features`, also returning an :class:`ExtractionReport` (used by the CLI).
+) -> Tuple[FeatureSet, "ExtractionReport"]:
+    """Pooled vectors of frozen backbones for a list of images, through the feature store.
 
-    ``on_message`` (callable, optional) receives short status lines such as "waiting for
-    the lock held by pid N".
+    Parameters
+    ----------
+    source : str, path, list of paths or ImageSet
+        A folder (Kaggle flat, folder-per-class, labels.csv or unlabeled), a list of image
+        files, or a :func:`~catdog_features.features.datasets.load_dataset` result.
+    backbones : sequence of str or str
+        Registry names (case-insensitive), or ``"A,B"``.
+    cache_dir : str or path
+        The feature store folder (created when rows are first written).
+    weights : "imagenet", None, path, or dict
+        ``"imagenet"`` (downloaded by Keras), ``None`` (random init from a fixed seed), a
+        weights file (for one backbone), or a dict backbone -> one of those (backbones not
+        in the dict use ``"imagenet"``).
+    image_size : int, optional
+        ``None``/0: each backbone's native size; else one square size for all backbones.
+    batch_size : int
+        Images per model call. Rows are bit-identical across runs, resumes and concurrent
+        extractions with the same batch size.
+    labels_csv : str or path, optional
+        Passed to :func:`~catdog_features.features.datasets.load_dataset`.
+    view : {"plain", "hflip"}
+        ``"hflip"`` extracts the left-right mirrored images (a TTA view, its own extractor).
+    num_workers : int, optional
+        Decoder threads (default: the number of CPUs).
+    progress : bool
+        Show a progress bar (images/s and ETA).
+    lock_timeout : float
+        Seconds to wait for another process rebuilding a store index.
+    precision : {"float32", "bfloat16", "float16"}
+        Compute precision of the backbones (a mixed-precision policy; vectors are stored as
+        float32). Part of the extractor key: a bf16 row never answers a float32 request.
+    jit_compile : bool
+        Compile the backbones with XLA (helps on GPUs).
+    on_message : callable, optional
+        Receives short status lines ("waiting for ...").
+
+    Returns
+    -------
+    FeatureSet, ExtractionReport
+        One row per usable image (aligned across backbones), unusable images in
+        ``FeatureSet.failed`` as ``(path, reason)``; the report says per backbone how many
+        distinct contents were found in the store and how many were computed.
+
+    Raises
+    ------
+    WeightsDownloadError
+        ``weights="imagenet"`` and the download failed (e.g. no internet).
+    ValueError, FileNotFoundError
+        Bad arguments, unknown backbone, missing or empty folder.
+    StoreWriteError
+        The store could not be written (e.g. a full disk); committed rows stay valid.
     """
     t_start = time.perf_counter()
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    prep = _prepare(source, backbones, cache_dir, weights, image_size, labels_csv, view)
-    images, names, n = prep.images, prep.names, len(prep.images)
-    reports = {
-        name: BackboneReport(name, prep.sizes[name], prep.specs[name].dim, str(prep.paths[name]), cache_hit=False)
-        for name in names
-    }
-    datas: Dict[str, _cache.EntryData] = {}
-    for name in names:  # lock-free fast path: complete entries
-        data = _cache.read_complete(prep.paths[name], _cache.fingerprint(prep.configs[name]), n)
-        if data is not None:
-            datas[name] = data
-            reports[name].cache_hit = True
-            reports[name].resumed_from = n
-
-    processed, pass_seconds, pass_cpu = 0, 0.0, 0.0
-    todo = [name for name in names if name not in datas]
-    if todo:
-        prep.cache_dir.mkdir(parents=True, exist_ok=True)
-        processed, pass_seconds, pass_cpu = _compute(
-            prep, todo, batch_size, view, num_workers, progress, lock_timeout, on_message, datas, reports
-        )
-
-    fs = _assemble(images, datas, names, {name: reports[name].cache_hit for name in names})
+    batch_size = check_int("batch_size", batch_size, 1)
+    extractors = _extractors(backbones, cache_dir, weights, image_size, view, precision, lock_timeout, on_message)
+    prep = _prepare(source, labels_csv, extractors)
+    reports = {name: BackboneReport(name, ex.size, ex.spec.dim, str(ex.store.root), precision=precision)
+               for name, ex in extractors.items()}
+    contents = list(dict.fromkeys(h for h in prep.hashes if h is not None))
+    stats = {"processed": 0, "pass_seconds": 0.0, "pass_cpu": 0.0}
+    for attempt in range(6):
+        lookups = {name: ex.store.lookup(contents) for name, ex in extractors.items()}
+        if attempt == 0:
+            for name, lk in lookups.items():
+                reports[name].found = int(lk.found.sum())
+        missing = {name: {h for h, hit in zip(contents, lk.found) if not hit and h not in prep.transients}
+                   for name, lk in lookups.items()}
+        work = plan_work(prep.hashes, prep.images.paths, missing)
+        if len(work):
+            _compute(work, prep, batch_size, view, num_workers, progress, precision, jit_compile, reports, stats)
+            continue
+        try:
+            fs = _assemble(prep, lookups)
+            break
+        except RowsLost:  # a shard failed validation and was quarantined: compute its rows again
+            continue
+    else:
+        raise RuntimeError(f"The feature store in {cache_dir} kept losing rows while they were read; run `catdog-features "
+                           "cache verify` on it.")
+    for name, rep in reports.items():
+        rep.cache_hit = rep.found == len(contents)
+        rep.store_bytes = sum(p.stat().st_size for p in extractors[name].store.shard_paths())
+    fs.cache_hits = {name: rep.cache_hit for name, rep in reports.items()}
+    _warn_if_constant(fs)
     report = ExtractionReport(
-        n_inputs=n, n_rows=len(fs), failed=list(fs.failed), backbones=reports, view=view,
-        seconds=time.perf_counter() - t_start, pass_seconds=pass_seconds, processed=processed,
-        hash_seconds=prep.hash_seconds, pass_cpu_seconds=pass_cpu,
+        n_inputs=len(prep.images), n_rows=len(fs), failed=list(fs.failed), backbones=reports, view=view,
+        seconds=time.perf_counter() - t_start, pass_seconds=stats["pass_seconds"], processed=stats["processed"],
+        hash_seconds=prep.hash_seconds, pass_cpu_seconds=stats["pass_cpu"], n_contents=len(contents),
     )
     return fs, report
 
 
-def _compute(prep, todo, batch_size, view, num_workers, progress, lock_timeout, on_message, datas,
-             reports) -> Tuple[int, float, float]:
-    """Lock, open/resume the entries in ``todo``, run the pass, fill ``datas``."""
-    images, specs, sizes, paths, configs = prep.images, prep.specs, prep.sizes, prep.paths, prep.configs
-    n = len(images)
-    with contextlib.ExitStack() as stack:
-        # Locks in a fixed (path) order, so two processes asking for overlapping
-        # backbone sets cannot each hold one lock the other waits for.
-        for name in sorted(todo, key=lambda k: str(paths[k])):
-            stack.enter_context(_cache.EntryLock(paths[name], lock_timeout, on_wait=on_message))
-        writers: Dict[str, _cache.EntryWriter] = {}
-        for name in todo:
-            writer = _cache.EntryWriter.open(
-                paths[name], configs[name], n, specs[name].dim, list(images.ids), prep.hashes,
-                labels=images.labels, batch_size=batch_size, input_paths=images.paths,
-            )
-            stack.callback(writer.close)
-            writers[name] = writer
-            reports[name].resumed_from = writer.committed
-            reports[name].recovered = writer.recovered
-            if writer.complete:  # another process finished it while we waited for the lock
-                reports[name].cache_hit = True
-        plan = _cache.plan_segments(
-            {name: w.committed for name, w in writers.items() if not w.complete}, n, batch_size
-        )
-        mappers: Dict[str, Mapper] = {}
-        for name in dict.fromkeys(b for seg in plan for b in seg.backbones):
-            t0 = time.perf_counter()
-            mappers[name] = Mapper(specs[name], prep.weights[name], sizes[name], batch_size)
-            reports[name].build_seconds = time.perf_counter() - t0
+def extract_features(source, **kwargs) -> FeatureSet:
+    """:func:`extract_with_report` without the report: a :class:`FeatureSet`.
 
-        processed, pass_seconds, pass_cpu = 0, 0.0, 0.0
-        if plan:
-            processed, pass_seconds, pass_cpu = _run_plan(
-                plan, images, writers, mappers, sizes, batch_size, num_workers, view, progress, reports
-            )
-        for name, writer in writers.items():
-            if writer.committed == n:
-                writer.finish(reports[name].images_per_s)
-            datas[name] = writer.read()
-        return processed, pass_seconds, pass_cpu
+    Every argument is as for :func:`extract_with_report` (same names, same defaults).
+    """
+    return extract_with_report(source, **kwargs)[0]
 
 
-def _run_plan(plan, images, writers, mappers, sizes, batch_size, num_workers, view, progress, reports):
+extract_features.__signature__ = inspect.signature(extract_with_report).replace(
+    parameters=[p for p in inspect.signature(extract_with_report).parameters.values() if p.name != "on_message"],
+    return_annotation=FeatureSet,
+)
+
+
+# --------------------------------------------------------------------------- the pass
+def _compute(work: Work, prep: _Prepared, batch_size, view, num_workers, progress, precision, jit_compile,
+             reports, stats) -> None:
+    """Build the models that have work, read every content once, commit rows batch by batch."""
     from tqdm.auto import tqdm
 
-    from catdog_features.features.reader import read_batches
+    from catdog_features.features.legacy import import_legacy_rows
 
-    total = sum(seg.stop - seg.start for seg in plan)
-    transform = _TRANSFORMS[view]
-    processed = 0
+    needed = [name for name in prep.extractors if work.for_extractor(name)]
+    imported = import_legacy_rows(prep.extractors, work, needed)
+    if imported:  # old per-list cache files held some of the work: look everything up again
+        return
+    mappers = {}
+    for name in needed:
+        ex = prep.extractors[name]
+        t0 = time.perf_counter()
+        mappers[name] = _mapper(ex, batch_size, precision, jit_compile)
+        reports[name].build_seconds = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
-    with tqdm(total=total, unit="img", desc="extract", disable=not progress, dynamic_ncols=True,
+    with tqdm(total=len(work), unit="img", desc="extract", disable=not progress, dynamic_ncols=True,
               smoothing=0.1) as bar:
-        for seg in plan:
-            seg_sizes = sorted({sizes[name] for name in seg.backbones})
-            batches = read_batches(images.paths, seg_sizes, batch_size, start=seg.start, stop=seg.stop,
-                                   num_workers=num_workers, transform=transform)
-            with contextlib.closing(batches):
-                for batch in batches:
-                    for name in seg.backbones:
-                        writer = writers[name]
-                        if batch.stop <= writer.committed:
-                            continue
-                        t1 = time.perf_counter()
-                        # Two backbones with the same size share this array (one resize).
-                        vectors = mappers[name](batch.images[sizes[name]])
-                        reports[name].model_seconds += time.perf_counter() - t1
-                        reports[name].computed += batch.stop - max(batch.start, writer.committed)
-                        writer.append(batch.start, batch.stop, batch.ok, vectors, batch.failures)
-                    processed += batch.stop - batch.start
-                    bar.update(batch.stop - batch.start)
-    return processed, time.perf_counter() - t0, time.process_time() - c0
+        run_work(work, prep.extractors, mappers, batch_size, _TRANSFORMS[view], num_workers, reports,
+                 prep.transients, on_batch=bar.update)
+    stats["processed"] += len(work)
+    stats["pass_seconds"] += time.perf_counter() - t0
+    stats["pass_cpu"] += time.process_time() - c0
+
+
+def _mapper(ex: Extractor, batch_size: int, precision: str, jit_compile: bool):
+    from catdog_features.features.mapper import Mapper
+
+    if precision == "float32" and not jit_compile:
+        return Mapper(ex.spec, ex.weights, ex.size, batch_size)
+    return Mapper(ex.spec, ex.weights, ex.size, batch_size, precision=precision, jit_compile=jit_compile)
+
+
+def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: int, transform, num_workers,
+             reports: Dict[str, BackboneReport], transients: Dict[str, str], on_batch=None) -> None:
+    """Compute ``work`` into new shards of each extractor (one writer per extractor).
+
+    Each content is decoded once for all extractors and sizes; each extractor's batch holds
+    the contents that lack it at their slots (zeros elsewhere). Rows are committed after
+    every batch. A content whose bytes changed since it was hashed is not stored (its
+    positions get :data:`REASON_CHANGED` in this call).
+    """
+    from contextlib import ExitStack, closing
+
+    from catdog_features.features.reader import read_windows
+
+    batches = plan_batches(work.hashes, batch_size)
+    order = [c for b in batches for c in b.contents]
+    bounds = np.cumsum([0] + [len(b.contents) for b in batches])
+    windows = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    names = [n for n in mappers]
+    sizes = sorted({extractors[n].size for n in names})
+    with ExitStack() as stack:
+        writers = {}
+        for name in names:
+            spec = extractors[name].spec
+            writers[name] = stack.enter_context(extractors[name].store.new_writer((spec.dim,), batch_rows=batch_size))
+        reads = stack.enter_context(closing(read_windows([work.paths[c] for c in order], sizes, windows,
+                                                         num_workers=num_workers, transform=transform)))
+        for batch, rb in zip(batches, reads):
+            _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, reports, transients)
+            if on_batch is not None:
+                on_batch(len(batch.contents))
+
+
+def _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, reports, transients) -> None:
+    first = rb.start
+    ok_at = {int(p): j for j, p in enumerate(rb.ok)}
+    failed_at = {int(p): reason for p, _path, reason in rb.failures}
+    for name, mapper in mappers.items():
+        ex = extractors[name]
+        rows, slots, picks, fail_h, fail_r = [], [], [], [], []
+        for k, (c, slot) in enumerate(zip(batch.contents, batch.slots)):
+            if name not in work.needs[c]:
+                continue
+            pos, h = first + k, work.hashes[c]
+            if rb.content_hashes.get(pos) != h:  # the file changed (or vanished) since it was hashed
+                transients[h] = failed_at.get(pos, REASON_CHANGED) if rb.content_hashes.get(pos) is None else REASON_CHANGED
+            elif pos in failed_at:
+                fail_h.append(h)
+                fail_r.append(failed_at[pos])
+            else:
+                rows.append(h)
+                slots.append(slot)
+                picks.append(ok_at[pos])
+        vectors = np.zeros((0, ex.spec.dim), np.float32)
+        if rows:
+            x = np.zeros((batch_size, ex.size, ex.size, 3), np.float32)
+            x[slots] = rb.images[ex.size][picks]
+            t0 = time.perf_counter()
+            vectors = mapper(x)[slots]
+            reports[name].model_seconds += time.perf_counter() - t0
+            reports[name].computed += len(rows)
+        if rows or fail_h:
+            writers[name].append(rows, vectors, fail_h, fail_r)
+
+
+# --------------------------------------------------------------------------- assembly
+def _assemble(prep: _Prepared, lookups) -> FeatureSet:
+    """The FeatureSet of the list from the store: a row where every extractor has one."""
+    images, n = prep.images, len(prep.images)
+    contents = list(lookups[next(iter(lookups))].hashes.astype(str)) if lookups else []
+    where = {h: i for i, h in enumerate(contents)}
+    reason_of = [prep.reasons[p] for p in range(n)]
+    content_ok = np.ones(len(contents), bool)
+    content_reason: Dict[int, str] = {}
+    for name, lk in lookups.items():
+        stored = lk.reasons()
+        for i, h in enumerate(contents):
+            if h in prep.transients:
+                content_ok[i] = False
+                content_reason.setdefault(i, prep.transients[h])
+            elif not lk.is_row[i]:
+                content_ok[i] = False
+                content_reason.setdefault(i, stored[i] or f"no row for {name}")
+    rows = []
+    for p, h in enumerate(prep.hashes):
+        if h is None:
+            continue
+        i = where[h]
+        if content_ok[i]:
+            rows.append(p)
+        else:
+            reason_of[p] = content_reason[i]
+    rows = np.asarray(rows, dtype=np.int64)
+    used = sorted({where[prep.hashes[p]] for p in rows})
+    pick = {c: k for k, c in enumerate(used)}
+    take = np.asarray([pick[where[prep.hashes[p]]] for p in rows], dtype=np.int64)
+    features = {}
+    for name, lk in lookups.items():
+        sub = type(lk)(lk.index, lk.hashes[used], lk.pos[used])
+        features[name] = prep.extractors[name].store.read(sub)[take] if len(used) else np.zeros(
+            (0, prep.extractors[name].spec.dim), np.float32)
+    in_rows = np.zeros(n, bool)
+    in_rows[rows] = True
+    failed = [(images.paths[p], reason_of[p]) for p in np.flatnonzero(~in_rows)]
+    if len(rows) + len(failed) != n:
+        raise RuntimeError(f"rows {len(rows)} + failures {len(failed)} != inputs {n}")  # an invariant, not input
+    return FeatureSet(
+        ids=images.ids[rows], labels=None if images.labels is None else images.labels[rows],
+        class_names=tuple(images.class_names), features=features, failed=failed,
+        paths=tuple(images.paths[p] for p in rows),
+        cache_files={name: str(ex.store.root) for name, ex in prep.extractors.items()},
+    )
+
+
+def _warn_if_constant(fs: FeatureSet) -> None:
+    if len(fs) < 3:
+        return
+    for name, x in fs.features.items():
+        spread = float(np.max(x.max(axis=0) - x.min(axis=0))) if x.size else 0.0
+        scale = float(np.max(np.abs(x))) if x.size else 0.0
+        if spread <= 1e-6 * max(scale, 1.0):  # relative, and absolute for vectors that are all ~0
+            warnings.warn(
+                f"The {name} vectors are (near) constant over the {len(fs)} images (largest per-feature range "
+                f"{spread:.2g}): heads trained on them cannot learn. Typical causes: a randomly initialised "
+                "backbone at a small input size, or the wrong weights file.", FeatureWarning, stacklevel=3)

@@ -61,6 +61,7 @@ Nothing here mutates global state at import time.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -508,7 +509,11 @@ def read_image(
     """
     path = _fspath(path)
     sizes = _check_sizes(sizes)
-    data = _read_file(path)
+    return _decode_sizes(_read_file(path), path, sizes, transform)
+
+
+def _decode_sizes(data: bytes, path: str, sizes, transform) -> Dict[int, np.ndarray]:
+    """The body of :func:`read_image` once the file's bytes are in memory."""
     img, stream = _open(data, path)
     out: Dict[int, np.ndarray] = {}
     for i, (draft_size, group) in enumerate(_draft_groups(img, sizes)):
@@ -543,6 +548,9 @@ class ReadBatch:
     failures : list of (int, str, str)
         ``(position, path, reason)`` for every position in ``[start, stop)`` that failed.
         ``len(ok) + len(failures) == stop - start`` always.
+    content_hashes : dict of int -> str
+        SHA-256 (hex) of the bytes that were read, for every position whose file could be read
+        (decoded or not).
     """
 
     start: int
@@ -550,6 +558,8 @@ class ReadBatch:
     ok: np.ndarray
     images: Dict[int, np.ndarray]
     failures: List[Tuple[int, str, str]] = field(default_factory=list)
+    #: position -> SHA-256 of the bytes read (every position whose bytes could be read)
+    content_hashes: Dict[int, str] = field(default_factory=dict)
 
 
 def default_num_workers() -> int:
@@ -581,11 +591,20 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 
 def _read_task(path: str, sizes, transform):
-    """Worker: the resized images, or the ImageReadError as a value (not raised)."""
+    """Worker: ``(resized images or the ImageReadError as a value, SHA-256 of the bytes read or None)``.
+
+    The hash is of the very bytes that were decoded, so a caller keying results by content
+    can tell when a file changed between listing and reading.
+    """
     try:
-        return read_image(path, sizes, transform)
+        data = _read_file(path)
     except ImageReadError as err:
-        return err
+        return err, None
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return _decode_sizes(data, path, sizes, transform), digest
+    except ImageReadError as err:
+        return err, digest
 
 
 def read_batches(
@@ -663,14 +682,45 @@ def read_batches(
     if transform is not None and not callable(transform):
         raise ValueError(f"Invalid transform. Received: {transform!r}; expected a callable or None.")
     bounds = [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
+    return _iterate(paths, sizes, bounds, transform, workers, prefetch)
+
+
+def read_windows(
+    paths: Sequence[Union[str, os.PathLike]],
+    sizes: Union[int, Iterable[int]],
+    windows: Sequence[Tuple[int, int]],
+    num_workers: Optional[int] = None,
+    prefetch: int = 2,
+    transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+) -> Iterator[ReadBatch]:
+    """:func:`read_batches` over explicit, consecutive windows ``[(start, stop), ...]`` of ``paths``.
+
+    For callers whose batches hold different numbers of images (the feature store batches
+    image contents by slot). Same decoding, prefetching and failure records.
+    """
+    paths = [_fspath(p) for p in paths]
+    sizes = _check_sizes(sizes)
+    windows = [(int(a), int(b)) for a, b in windows]
+    if any(not 0 <= a <= b <= len(paths) for a, b in windows) or any(
+        b0 != a1 for (_, b0), (a1, _) in zip(windows, windows[1:])
+    ):
+        raise ValueError(f"Invalid windows. Received: {windows[:4]}...; expected consecutive (start, stop) within "
+                         f"[0, {len(paths)}].")
+    workers = default_num_workers() if num_workers is None else _check_int(num_workers, "num_workers", 0)
+    return _iterate(paths, sizes, windows, transform, workers, _check_int(prefetch, "prefetch", 0))
+
+
+def _iterate(paths, sizes, bounds, transform, workers, prefetch) -> Iterator[ReadBatch]:
     if workers == 0:
         return _iter_inline(paths, sizes, bounds, transform)
     return _iter_pooled(paths, sizes, bounds, transform, workers, prefetch)
 
 
 def _assemble(b0: int, b1: int, results, paths, sizes) -> ReadBatch:
-    ok, arrays, failures = [], [], []
-    for pos, result in zip(range(b0, b1), results):
+    ok, arrays, failures, hashes = [], [], [], {}
+    for pos, (result, digest) in zip(range(b0, b1), results):
+        if digest is not None:
+            hashes[pos] = digest
         if isinstance(result, ImageReadError):
             failures.append((pos, paths[pos], result.reason))
         else:
@@ -682,7 +732,7 @@ def _assemble(b0: int, b1: int, results, paths, sizes) -> ReadBatch:
         for j, result in enumerate(arrays):
             out[j] = result[s]  # uint8 -> float32 on assignment
         images[s] = out
-    return ReadBatch(b0, b1, np.asarray(ok, dtype=np.int64), images, failures)
+    return ReadBatch(b0, b1, np.asarray(ok, dtype=np.int64), images, failures, hashes)
 
 
 def _iter_inline(paths, sizes, bounds, transform) -> Iterator[ReadBatch]:

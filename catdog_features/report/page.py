@@ -770,8 +770,9 @@ def backbone_facts(data: _Run) -> Dict[str, Dict[str, Any]]:
             except Exception:
                 dim = None
         cache_bytes = rec.get("cache_bytes")
-        if cache_bytes is None and files and all(p.is_file() for p in files):
-            cache_bytes = sum(p.stat().st_size for p in files)
+        folders = list(dict.fromkeys(files))  # train and test share the extractor's store folder
+        if cache_bytes is None and folders and all(p.is_dir() for p in folders):
+            cache_bytes = sum(s.stat().st_size for p in folders for s in (p / "shards").glob("*.h5"))
         out[name] = {
             "dim": dim,
             "images_per_s": rec.get("images_per_s", info.get("images_per_s")),
