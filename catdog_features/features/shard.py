@@ -208,7 +208,7 @@ class ShardWriter:
                             "dtype": dtype, "created_at": _now(), "writer": f"{socket.gethostname()}:{os.getpid()}"})
             kw = dict(fletcher32=True, maxshape=(None,))
             f.create_dataset("state", data=np.zeros(3, np.int64), chunks=(3,), fletcher32=True)
-            f.create_dataset("hash", (0,), dtype=HASH_DTYPE, chunks=(512,), **kw)
+            f.create_dataset("hash", (0,), dtype=HASH_DTYPE, chunks=(256,), **kw)
             f.create_dataset("features", (0, *row_shape), dtype=dtype, maxshape=(None, *row_shape),
                              chunks=(chunk_rows(row_shape, np.dtype(dtype).itemsize), *row_shape), fletcher32=True)
             f.create_dataset("failure_hash", (0,), dtype=HASH_DTYPE, chunks=(64,), **kw)
