@@ -191,6 +191,9 @@ def extract_with_report(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     precision: str = "float32",
     jit_compile: bool = False,
+    distributor: str = "local",
+    spark_master: Optional[str] = None,
+    partitions: Optional[int] = None,
     on_message=None,
 ) -> Tuple[FeatureSet, "ExtractionReport"]:
     """Pooled vectors of frozen backbones for a list of images, through the feature store.
@@ -228,6 +231,14 @@ def extract_with_report(
         float32). Part of the extractor key: a bf16 row never answers a float32 request.
     jit_compile : bool
         Compile the backbones with XLA (helps on GPUs).
+    distributor : {"local", "spark"}
+        ``"spark"``: the missing contents are split into partitions, each extracted by a Spark
+        task into its own shard (the store folder must be reachable from every executor). The
+        result is the same, bit for bit, as the local distributor's.
+    spark_master : str, optional
+        Spark master URL when no SparkSession is active (default ``local[*]``).
+    partitions : int, optional
+        Spark tasks to split the work into (default: twice the cluster's parallelism).
     on_message : callable, optional
         Receives short status lines ("waiting for ...").
 
@@ -247,8 +258,14 @@ def extract_with_report(
     StoreWriteError
         The store could not be written (e.g. a full disk); committed rows stay valid.
     """
+    from catdog_features.distributed import check_distributor
+
     t_start = time.perf_counter()
     batch_size = check_int("batch_size", batch_size, 1)
+    check_distributor(distributor)
+    if partitions is not None:
+        check_int("partitions", partitions, 1)
+    spark = {"master": spark_master, "partitions": partitions} if distributor == "spark" else None
     extractors = _extractors(backbones, cache_dir, weights, image_size, view, precision, lock_timeout, on_message)
     prep = _prepare(source, labels_csv, extractors)
     reports = {name: BackboneReport(name, ex.size, ex.spec.dim, str(ex.store.root), precision=precision)
@@ -264,7 +281,7 @@ def extract_with_report(
                    for name, lk in lookups.items()}
         work = plan_work(prep.hashes, prep.images.paths, missing)
         if len(work):
-            _compute(work, prep, batch_size, view, num_workers, progress, precision, jit_compile, reports, stats)
+            _compute(work, prep, batch_size, view, num_workers, progress, precision, jit_compile, reports, stats, spark)
             continue
         try:
             fs = _assemble(prep, lookups)
@@ -303,7 +320,7 @@ extract_features.__signature__ = inspect.signature(extract_with_report).replace(
 
 # --------------------------------------------------------------------------- the pass
 def _compute(work: Work, prep: _Prepared, batch_size, view, num_workers, progress, precision, jit_compile,
-             reports, stats) -> None:
+             reports, stats, spark=None) -> None:
     """Build the models that have work, read every content once, commit rows batch by batch."""
     from tqdm.auto import tqdm
 
@@ -312,6 +329,12 @@ def _compute(work: Work, prep: _Prepared, batch_size, view, num_workers, progres
     needed = [name for name in prep.extractors if work.for_extractor(name)]
     imported = import_legacy_rows(prep.extractors, work, needed)
     if imported:  # old per-list cache files held some of the work: look everything up again
+        return
+    if spark is not None:
+        t0 = time.perf_counter()
+        _compute_on_spark(work, prep, batch_size, view, num_workers, progress, precision, jit_compile, reports, spark)
+        stats["processed"] += len(work)
+        stats["pass_seconds"] += time.perf_counter() - t0
         return
     mappers = {}
     for name in needed:
@@ -329,6 +352,28 @@ def _compute(work: Work, prep: _Prepared, batch_size, view, num_workers, progres
     stats["pass_cpu"] += time.process_time() - c0
 
 
+def _compute_on_spark(work, prep, batch_size, view, num_workers, progress, precision, jit_compile, reports, spark):
+    from catdog_features.distributed import run_tasks, spark_session
+    from catdog_features.features import spark_extract
+
+    session = spark_session(spark["master"])
+    n_parts = spark["partitions"] or 2 * session.sparkContext.defaultParallelism
+    extractors = {name: ex for name, ex in prep.extractors.items() if work.for_extractor(name)}
+    for ex in extractors.values():
+        ex.store.ensure()  # created by the driver: tasks on other machines only add shards
+    tasks = spark_extract.payloads(work, extractors, batch_size, view, precision, jit_compile, n_parts, num_workers)
+    try:
+        results = run_tasks(spark_extract.extract_partition, tasks, spark=session, desc="extract partitions",
+                            progress=progress, unit="part")
+    finally:
+        spark_extract.cleanup(extractors, {t["plan"] for t in tasks})
+    for res in results:
+        prep.transients.update(res["transients"])
+        for name, n in res["computed"].items():
+            reports[name].computed += n
+            reports[name].model_seconds += res["model_seconds"][name]
+
+
 def _mapper(ex: Extractor, batch_size: int, precision: str, jit_compile: bool):
     from catdog_features.features.mapper import Mapper
 
@@ -338,13 +383,15 @@ def _mapper(ex: Extractor, batch_size: int, precision: str, jit_compile: bool):
 
 
 def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: int, transform, num_workers,
-             reports: Dict[str, BackboneReport], transients: Dict[str, str], on_batch=None) -> None:
+             reports: Dict[str, BackboneReport], transients: Dict[str, str], on_batch=None,
+             shard_name=None) -> Dict[str, Path]:
     """Compute ``work`` into new shards of each extractor (one writer per extractor).
 
     Each content is decoded once for all extractors and sizes; each extractor's batch holds
     the contents that lack it at their slots (zeros elsewhere). Rows are committed after
     every batch. A content whose bytes changed since it was hashed is not stored (its
-    positions get :data:`REASON_CHANGED` in this call).
+    positions get :data:`REASON_CHANGED` in this call). ``shard_name(extractor name)`` names
+    the new shards (default: unique names); returns the shard written per extractor.
     """
     from contextlib import ExitStack, closing
 
@@ -360,13 +407,15 @@ def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: 
         writers = {}
         for name in names:
             spec = extractors[name].spec
-            writers[name] = stack.enter_context(extractors[name].store.new_writer((spec.dim,), batch_rows=batch_size))
+            writers[name] = stack.enter_context(extractors[name].store.new_writer(
+                (spec.dim,), batch_rows=batch_size, name=None if shard_name is None else shard_name(name)))
         reads = stack.enter_context(closing(read_windows([work.paths[c] for c in order], sizes, windows,
                                                          num_workers=num_workers, transform=transform)))
         for batch, rb in zip(batches, reads):
             _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, reports, transients)
             if on_batch is not None:
                 on_batch(len(batch.contents))
+    return {name: w.path for name, w in writers.items() if w.path.exists()}
 
 
 def _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, reports, transients) -> None:

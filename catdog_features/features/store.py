@@ -134,13 +134,32 @@ class ExtractorStore:
             return []
         return sorted(p for p in self.shards_dir.iterdir() if p.suffix == ".h5" and not p.name.startswith("."))
 
-    def new_writer(self, row_shape: Sequence[int], dtype: str = "float32", batch_rows: int = 64) -> ShardWriter:
-        """A writer of a new shard of this extractor, named so that shards sort by creation."""
+    def new_writer(self, row_shape: Sequence[int], dtype: str = "float32", batch_rows: int = 64,
+                   name: Optional[str] = None) -> ShardWriter:
+        """A writer of a new shard of this extractor, named so that shards sort by creation.
+
+        ``name`` overrides the file name; a name starting with ``.`` is hidden from readers
+        until :meth:`publish` gives the sealed shard its final name (Spark tasks do this, so a
+        retried or speculative task either publishes its whole shard or nothing).
+        """
         self.ensure()
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:24]
-        name = f"{stamp}-{host}-{os.getpid()}-{secrets.token_hex(3)}.h5"
+        if name is None:
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+            host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:24]
+            name = f"{stamp}-{host}-{os.getpid()}-{secrets.token_hex(3)}.h5"
         return ShardWriter.create(self.shards_dir / name, self.key, row_shape, dtype, batch_rows)
+
+    def publish(self, hidden: Path, final_name: str) -> bool:
+        """Give a sealed hidden shard its final name, once: False if another attempt did first."""
+        try:
+            os.link(hidden, self.shards_dir / final_name)  # atomic, and fails if the name exists
+            published = True
+        except FileExistsError:
+            published = False
+        finally:
+            Path(hidden).unlink(missing_ok=True)
+        _io.fsync_dir(self.shards_dir)
+        return published
 
     # -- the index ----------------------------------------------------------------------
     def index(self) -> Index:
