@@ -12,14 +12,14 @@ anything else is a :class:`SubmissionMismatchError` that lists the missing/extra
 classes. Images that could not be read still get a row (the ``prior``, e.g. the training
 class frequencies) and a warning naming them, because Kaggle rejects a file with missing ids.
 
-The same atomic CSV writer also writes plain probability tables (``catdog-features predict``).
+Files are written by the package's one atomic writer (:func:`catdog_features._io.write_csv`:
+temporary file, fsync, rename; the usual ``0644 & ~umask`` mode), as are the plain
+probability tables of ``catdog-features predict``.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from catdog_features._io import write_csv
 from catdog_features.features.datasets import natural_key
 
 #: Column name of the binary format (Kaggle Dogs vs Cats).
@@ -112,33 +113,6 @@ def _fmt(value: float, float_format: str) -> str:
 
 def _format_row(image_id: str, values, float_format: str) -> list:
     return [image_id, *(_fmt(float(v), float_format) for v in values)]
-
-
-def atomic_write_csv(path, header: Sequence[str], rows) -> Path:
-    """Write a CSV via a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A reader never sees a half-written file: either the old file (or none) or the new one.
-    If writing fails the temporary file is removed and the target is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(list(header))
-            for row in rows:
-                writer.writerow(row)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _as_proba(probs, n_rows: int, n_classes: int) -> np.ndarray:
@@ -282,7 +256,7 @@ def write_submission(
         order = sorted(range(len(ids)), key=lambda k: natural_key(ids[k]))
 
     rows = (_format_row(ids[k], values[k], float_format) for k in order)
-    atomic_write_csv(path, (id_column, *columns), rows)
+    write_csv(path, (id_column, *columns), rows)
     return SubmissionInfo(
         path=Path(path),
         n_rows=len(order),
@@ -298,7 +272,7 @@ def write_probabilities(path, ids: Sequence[str], probs, class_names: Sequence[s
     ids = [str(i) for i in ids]
     probs = _as_proba(probs, len(ids), len(class_names))
     rows = (_format_row(i, p, float_format) for i, p in zip(ids, probs))
-    return atomic_write_csv(path, ("id", *class_names), rows)
+    return write_csv(path, ("id", *class_names), rows)
 
 
 def read_probabilities(path) -> Tuple[np.ndarray, np.ndarray, Tuple[str, ...]]:
