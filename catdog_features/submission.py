@@ -179,82 +179,21 @@ def write_submission(
     """
     class_names = tuple(str(c) for c in class_names)
     ids = [str(i) for i in ids]
-    known = set(ids)
-    failed_ids = [str(i) for i in failed_ids if str(i) not in known]
-    n_classes = len(class_names)
-    if n_classes < 2:
+    if len(class_names) < 2:
         raise ValueError(f"Received class_names={class_names!r}; expected at least two classes.")
-    probs = _as_proba(probs, len(ids), n_classes)
-    dupes = _duplicates(ids + failed_ids)
-    if dupes:
-        raise ValueError(f"Received duplicate test ids: {_few(dupes)}; expected one prediction per id.")
-    if failed_ids:
-        if prior is None:
-            prior = np.full(n_classes, 1.0 / n_classes)
-        prior = np.asarray(prior, dtype=np.float64)
-        if prior.shape != (n_classes,):
-            raise ValueError(f"Received prior of shape {prior.shape}; expected ({n_classes},).")
-        warnings.warn(
-            f"{len(failed_ids)} test image(s) could not be read and get the prior {np.round(prior, 4).tolist()} "
-            f"in the submission: {_few(sorted(failed_ids, key=natural_key))}",
-            UserWarning,
-            stacklevel=2,
-        )
-        probs = np.vstack([probs, np.tile(prior, (len(failed_ids), 1))])
-        ids = ids + failed_ids
-
+    probs = _as_proba(probs, len(ids), len(class_names))
+    ids, probs, failed_ids = _with_failed_rows(ids, probs, failed_ids, prior)
     sample = sample_submission
     if sample is not None and not isinstance(sample, SampleSubmission):
         sample = read_sample_submission(sample)
-
-    binary = n_classes == 2 and (sample is None or sample.is_binary)
+    binary = len(class_names) == 2 and (sample is None or sample.is_binary)
     id_column = sample.id_column if sample is not None else "id"
-    if binary:
-        columns = (BINARY_COLUMN,)
-        values = probs[:, 1:2] / probs.sum(axis=1, keepdims=True)
-    else:
-        columns = sample.columns if sample is not None else class_names
-        extra_classes = [c for c in class_names if c not in columns]
-        missing_classes = [c for c in columns if c not in class_names]
-        if extra_classes or (missing_classes and not allow_missing_classes):
-            raise SubmissionMismatchError(
-                "Class columns differ from the sample submission: "
-                + _differences(
-                    ("missing from the model (in the sample only)", missing_classes),
-                    ("extra (model classes not in the sample)", extra_classes),
-                )
-                + ". Expected the sample's columns to be exactly the training classes"
-                + (" (or pass allow_missing_classes=True / --allow-missing-classes)." if missing_classes and not extra_classes else ".")
-            )
-        index = {c: i for i, c in enumerate(class_names)}
-        values = np.zeros((len(ids), len(columns)))
-        for j, c in enumerate(columns):
-            if c in index:
-                values[:, j] = probs[:, index[c]]
-        values /= values.sum(axis=1, keepdims=True)
+    columns, values = _columns_and_values(probs, class_names, sample, binary, allow_missing_classes)
     if clip is not None:
         from catdog_features.ensemble import clip_probabilities
 
         values = clip_probabilities(values[:, 0], clip)[:, None] if binary else clip_probabilities(values, clip)
-
-    row_of = {image_id: k for k, image_id in enumerate(ids)}
-    if sample is not None:
-        sample_ids = set(sample.ids)
-        missing_ids = [i for i in sample.ids if i not in row_of]
-        extra_ids = [i for i in ids if i not in sample_ids]
-        if missing_ids or extra_ids:
-            raise SubmissionMismatchError(
-                "Test ids differ from the sample submission: "
-                + _differences(
-                    ("missing (in the sample, no prediction)", missing_ids),
-                    ("extra (predicted, not in the sample)", extra_ids),
-                )
-                + ". Expected predictions for exactly the sample's ids; check the test folder."
-            )
-        order = [row_of[i] for i in sample.ids]
-    else:
-        order = sorted(range(len(ids)), key=lambda k: natural_key(ids[k]))
-
+    order = _row_order(ids, sample)
     rows = (_format_row(ids[k], values[k], float_format) for k in order)
     write_csv(path, (id_column, *columns), rows)
     return SubmissionInfo(
@@ -264,6 +203,73 @@ def write_submission(
         format="binary" if binary else "multiclass",
         filled_ids=tuple(failed_ids),
     )
+
+
+def _with_failed_rows(ids, probs, failed_ids, prior):
+    """Append the ``prior`` as the row of every unreadable test image (with a warning naming them)."""
+    known = set(ids)
+    failed_ids = [str(i) for i in failed_ids if str(i) not in known]
+    dupes = _duplicates(ids + failed_ids)
+    if dupes:
+        raise ValueError(f"Received duplicate test ids: {_few(dupes)}; expected one prediction per id.")
+    if not failed_ids:
+        return ids, probs, failed_ids
+    n_classes = probs.shape[1]
+    prior = np.full(n_classes, 1.0 / n_classes) if prior is None else np.asarray(prior, dtype=np.float64)
+    if prior.shape != (n_classes,):
+        raise ValueError(f"Received prior of shape {prior.shape}; expected ({n_classes},).")
+    warnings.warn(
+        f"{len(failed_ids)} test image(s) could not be read and get the prior {np.round(prior, 4).tolist()} "
+        f"in the submission: {_few(sorted(failed_ids, key=natural_key))}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return ids + failed_ids, np.vstack([probs, np.tile(prior, (len(failed_ids), 1))]), failed_ids
+
+
+def _columns_and_values(probs, class_names, sample, binary: bool, allow_missing_classes: bool):
+    """The file's probability columns and their values, one row per id (rows sum to 1)."""
+    if binary:
+        return (BINARY_COLUMN,), probs[:, 1:2] / probs.sum(axis=1, keepdims=True)
+    columns = sample.columns if sample is not None else class_names
+    extra_classes = [c for c in class_names if c not in columns]
+    missing_classes = [c for c in columns if c not in class_names]
+    if extra_classes or (missing_classes and not allow_missing_classes):
+        raise SubmissionMismatchError(
+            "Class columns differ from the sample submission: "
+            + _differences(
+                ("missing from the model (in the sample only)", missing_classes),
+                ("extra (model classes not in the sample)", extra_classes),
+            )
+            + ". Expected the sample's columns to be exactly the training classes"
+            + (" (or pass allow_missing_classes=True / --allow-missing-classes)." if missing_classes and not extra_classes else ".")
+        )
+    index = {c: i for i, c in enumerate(class_names)}
+    values = np.zeros((len(probs), len(columns)))
+    for j, c in enumerate(columns):
+        if c in index:
+            values[:, j] = probs[:, index[c]]
+    return columns, values / values.sum(axis=1, keepdims=True)
+
+
+def _row_order(ids, sample) -> list:
+    """Row indices in the file's order: the sample's ids (checked), else ids in numeric order."""
+    if sample is None:
+        return sorted(range(len(ids)), key=lambda k: natural_key(ids[k]))
+    row_of = {image_id: k for k, image_id in enumerate(ids)}
+    sample_ids = set(sample.ids)
+    missing_ids = [i for i in sample.ids if i not in row_of]
+    extra_ids = [i for i in ids if i not in sample_ids]
+    if missing_ids or extra_ids:
+        raise SubmissionMismatchError(
+            "Test ids differ from the sample submission: "
+            + _differences(
+                ("missing (in the sample, no prediction)", missing_ids),
+                ("extra (predicted, not in the sample)", extra_ids),
+            )
+            + ". Expected predictions for exactly the sample's ids; check the test folder."
+        )
+    return [row_of[i] for i in sample.ids]
 
 
 def write_probabilities(path, ids: Sequence[str], probs, class_names: Sequence[str], float_format: str = "%.9g") -> Path:

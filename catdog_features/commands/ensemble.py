@@ -66,9 +66,12 @@ def config_from_args(args, backbones):
 
 
 def run(args) -> int:
-    from catdog_features.ensemble import members_from_sweep
-    from catdog_features.run.pipeline import ensemble_stage, extract_stage, read_sweep, start_run, trials_stage
+    import time
 
+    from catdog_features.ensemble import members_from_sweep
+    from catdog_features.run.pipeline import ensemble_stage, extract_stage, finish_run, read_sweep, start_run, trials_stage
+
+    started = time.perf_counter()
     sweep = read_sweep(args.trials)
     members = members_from_sweep(sweep, args.top_k)
     config = config_from_args(args, dict.fromkeys(b for m in members for b in m["backbones"]))
@@ -76,6 +79,7 @@ def run(args) -> int:
     train, test = extract_stage(run_dir, config, progress=args.progress)
     trials_stage(run_dir, sweep)
     stage = ensemble_stage(run_dir, config, members, train, test, progress=args.progress)  # prints the score table
+    finish_run(run_dir, started)
     print(f"ensemble -> {run_dir.ensemble}; OOF -> {run_dir.oof}; fold models -> {run_dir.models}")
     if stage["result"].test_proba is not None:
         print(f"test predictions -> {run_dir.test_predictions}; next: catdog-features submit --run {run_dir.root} "

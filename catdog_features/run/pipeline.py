@@ -385,11 +385,16 @@ def run_pipeline(config, *, progress: bool = True, log: Log = print, overrides: 
     ens = ensemble_stage(run, config, members, train, test, progress=progress, log=log)["result"]
     submission_stage(run, config, log=log)
     report_stage(run, config, len(result.trials), log=log)
-    manifest = run.update_manifest(seconds=round(time.perf_counter() - t_start, 3))
-    manifest = run.read_manifest()
+    manifest = finish_run(run, t_start)
     outputs = {name: str(run.root / rel) for name, rel in manifest["outputs"].items()}
     return RunSummary(run.root, manifest["stages"], outputs, ens.method, ens.clip, ens.scores, manifest["seconds"],
                       ens.headline())
+
+
+def finish_run(run: RunDir, started: float) -> Dict[str, Any]:
+    """Record the whole run's wall time (since ``time.perf_counter()`` was ``started``); the manifest."""
+    run.update_manifest(seconds=round(time.perf_counter() - started, 3))
+    return run.read_manifest()
 
 
 def format_outputs(summary: RunSummary) -> str:
