@@ -388,3 +388,9 @@ def test_fold_models_are_listed_by_the_run_folder_in_fold_order(tmp_path):
     (run.models / "t3" / "notes.txt").write_text("not a model")
     assert [p.name for p in run.fold_models("t3")] == ["fold0.keras", "fold1.keras", "fold2.keras", "fold10.keras"]
     assert run.fold_models("missing") == []
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "fold0.keras").write_bytes(b"")
+    for name in ("../elsewhere", "t3/../../elsewhere", str(outside)):  # member names come from files
+        with pytest.raises(ValueError, match="is not a folder of models/"):
+            run.fold_models(name)

@@ -76,7 +76,11 @@ class RunData:
 
         out = []
         for path in self.run.fold_models(member):
-            meta = DenseHead.read_sidecar(path)
+            try:
+                meta = DenseHead.read_sidecar(path)
+            except FileNotFoundError:  # a model without its sidecar: no curve to draw
+                self.problems.append(f"{path} has no JSON sidecar; its training curve is not shown")
+                continue
             out.append({"history": meta.get("history") or {}, "best_epoch": meta.get("best_epoch")})
         return out
 

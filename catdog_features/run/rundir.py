@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from catdog_features._io import write_json
+from catdog_features.run.paths import PathEscapeError
 
 #: Format tag of manifest.json.
 FORMAT = "catdog-features-run/1"
@@ -140,8 +141,15 @@ class RunDir:
         return self.models / member / f"fold{fold}.keras"
 
     def fold_models(self, member: str) -> List[Path]:
-        """The fold models saved for ``member``, in fold order (``[]`` when there are none)."""
+        """The fold models saved for ``member``, in fold order (``[]`` when there are none).
+
+        ``member`` is a name read from a file (ensemble.json, oof.h5): one that leads out of
+        ``models/`` (``"../x"``) is a :class:`~catdog_features.run.paths.PathEscapeError`.
+        """
         folder = self.models / member
+        if folder.resolve().parent != self.models.resolve():
+            raise PathEscapeError(f"{self.models}: member name {member!r} is not a folder of models/; expected a "
+                                  "plain name such as 't3'.")
         if not folder.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _FOLD.match(p.name))]
