@@ -372,3 +372,22 @@ def test_pipeline_warns_when_the_ensemble_predicts_a_constant(tmp_path):
         ensemble_stage(run, config, members, train, test, progress=False, log=lambda msg: None)
     notes = json.loads((run.root / "manifest.json").read_text())["notes"]
     assert any("(nearly) constant" in n for n in notes)
+
+
+def test_backbone_records_come_from_the_extraction_reports():
+    from types import SimpleNamespace as NS
+
+    from catdog_features.run.pipeline import backbone_records
+
+    def report(**backbones):
+        return NS(backbones={name: NS(image_size=32, dim=512, **fields) for name, fields in backbones.items()})
+
+    train = report(VGG16={"computed": 30, "images_per_s": 10.0}, ResNet50={"computed": 0, "images_per_s": None})
+    test = report(VGG16={"computed": 10, "images_per_s": 20.0, "store_bytes": 4096},
+                  ResNet50={"computed": 0, "images_per_s": None})
+    records = backbone_records([train, test], previous={"ResNet50": {"images_per_s": 55.0}})
+    assert records["VGG16"] == {"image_size": 32, "dim": 512, "computed": 40, "store_bytes": 4096,
+                                "images_per_s": pytest.approx(40 / (3.0 + 0.5))}
+    # nothing computed in this run: the speed measured when the features were computed is kept;
+    # a store that reports no size gives None (the report shows n/a)
+    assert records["ResNet50"]["images_per_s"] == 55.0 and records["ResNet50"]["store_bytes"] is None

@@ -76,19 +76,20 @@ def backbone_records(reports: Sequence[Any], previous: Dict[str, dict]) -> Dict[
     the store holds for the backbone) is None when the store does not report it.
     """
     out: Dict[str, dict] = {}
+    timed: Dict[str, list] = {}  # images computed with a measured speed, and the seconds they took
     for report in reports:
         for name, rep in report.backbones.items():
-            rec = out.setdefault(name, {"image_size": rep.image_size, "dim": rep.dim, "computed": 0,
-                                        "model_seconds": 0.0, "store_bytes": None})
-            ips = rep.images_per_s
-            if rep.computed and ips:
-                rec["computed"] += int(rep.computed)
-                rec["model_seconds"] += rep.computed / ips
+            rec = out.setdefault(name, {"image_size": rep.image_size, "dim": rep.dim, "computed": 0, "store_bytes": None})
+            rec["computed"] += int(rep.computed)
+            if rep.computed and rep.images_per_s:
+                counts = timed.setdefault(name, [0, 0.0])
+                counts[0] += int(rep.computed)
+                counts[1] += rep.computed / rep.images_per_s
             size = getattr(rep, "store_bytes", None)
             rec["store_bytes"] = rec["store_bytes"] if size is None else int(size)  # the later call saw more
     for name, rec in out.items():
-        seconds = rec.pop("model_seconds")
-        rec["images_per_s"] = rec["computed"] / seconds if seconds > 0 else (previous.get(name) or {}).get("images_per_s")
+        n, seconds = timed.get(name, (0, 0.0))
+        rec["images_per_s"] = n / seconds if seconds > 0 else (previous.get(name) or {}).get("images_per_s")
     return out
 
 
@@ -106,9 +107,9 @@ def extract_stage(run: RunDir, config, *, progress: bool = True, log: Log = prin
     if train.failed:
         run.add_note(f"{len(train.failed)} training image(s) could not be read and were left out")
         log(f"warning: {len(train.failed)} training image(s) could not be read and were left out, e.g. {train.failed[0]}")
-    hits = all(train.cache_hits.values()) and (test is None or all(test.cache_hits.values()))
-    previous = (run.read_manifest().get("stages", {}).get("extract") or {}).get("backbones") or {}
     reports = [r for r in (train_report, test_report) if r is not None]
+    hits = not any(rep.computed for r in reports for rep in r.backbones.values())
+    previous = (run.read_manifest().get("stages", {}).get("extract") or {}).get("backbones") or {}
     run.record_stage("extract", "reused" if hits else "done", time.perf_counter() - t0,
                      settings=extract.to_dict(), backbones=backbone_records(reports, previous),
                      train=_feature_summary(train), test=None if test is None else _feature_summary(test))
