@@ -12,14 +12,14 @@ anything else is a :class:`SubmissionMismatchError` that lists the missing/extra
 classes. Images that could not be read still get a row (the ``prior``, e.g. the training
 class frequencies) and a warning naming them, because Kaggle rejects a file with missing ids.
 
-The same atomic CSV writer also writes plain probability tables (``catdog-features predict``).
+Files are written by the package's one atomic writer (:func:`catdog_features._io.write_csv`:
+temporary file, fsync, rename; the usual ``0644 & ~umask`` mode), as are the plain
+probability tables of ``catdog-features predict``.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from catdog_features._io import write_csv
 from catdog_features.features.datasets import natural_key
 
 #: Column name of the binary format (Kaggle Dogs vs Cats).
@@ -114,33 +115,6 @@ def _format_row(image_id: str, values, float_format: str) -> list:
     return [image_id, *(_fmt(float(v), float_format) for v in values)]
 
 
-def atomic_write_csv(path, header: Sequence[str], rows) -> Path:
-    """Write a CSV via a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A reader never sees a half-written file: either the old file (or none) or the new one.
-    If writing fails the temporary file is removed and the target is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(list(header))
-            for row in rows:
-                writer.writerow(row)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def _as_proba(probs, n_rows: int, n_classes: int) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim == 1 and n_classes == 2:
@@ -205,84 +179,23 @@ def write_submission(
     """
     class_names = tuple(str(c) for c in class_names)
     ids = [str(i) for i in ids]
-    known = set(ids)
-    failed_ids = [str(i) for i in failed_ids if str(i) not in known]
-    n_classes = len(class_names)
-    if n_classes < 2:
+    if len(class_names) < 2:
         raise ValueError(f"Received class_names={class_names!r}; expected at least two classes.")
-    probs = _as_proba(probs, len(ids), n_classes)
-    dupes = _duplicates(ids + failed_ids)
-    if dupes:
-        raise ValueError(f"Received duplicate test ids: {_few(dupes)}; expected one prediction per id.")
-    if failed_ids:
-        if prior is None:
-            prior = np.full(n_classes, 1.0 / n_classes)
-        prior = np.asarray(prior, dtype=np.float64)
-        if prior.shape != (n_classes,):
-            raise ValueError(f"Received prior of shape {prior.shape}; expected ({n_classes},).")
-        warnings.warn(
-            f"{len(failed_ids)} test image(s) could not be read and get the prior {np.round(prior, 4).tolist()} "
-            f"in the submission: {_few(sorted(failed_ids, key=natural_key))}",
-            UserWarning,
-            stacklevel=2,
-        )
-        probs = np.vstack([probs, np.tile(prior, (len(failed_ids), 1))])
-        ids = ids + failed_ids
-
+    probs = _as_proba(probs, len(ids), len(class_names))
+    ids, probs, failed_ids = _with_failed_rows(ids, probs, failed_ids, prior)
     sample = sample_submission
     if sample is not None and not isinstance(sample, SampleSubmission):
         sample = read_sample_submission(sample)
-
-    binary = n_classes == 2 and (sample is None or sample.is_binary)
+    binary = len(class_names) == 2 and (sample is None or sample.is_binary)
     id_column = sample.id_column if sample is not None else "id"
-    if binary:
-        columns = (BINARY_COLUMN,)
-        values = probs[:, 1:2] / probs.sum(axis=1, keepdims=True)
-    else:
-        columns = sample.columns if sample is not None else class_names
-        extra_classes = [c for c in class_names if c not in columns]
-        missing_classes = [c for c in columns if c not in class_names]
-        if extra_classes or (missing_classes and not allow_missing_classes):
-            raise SubmissionMismatchError(
-                "Class columns differ from the sample submission: "
-                + _differences(
-                    ("missing from the model (in the sample only)", missing_classes),
-                    ("extra (model classes not in the sample)", extra_classes),
-                )
-                + ". Expected the sample's columns to be exactly the training classes"
-                + (" (or pass allow_missing_classes=True / --allow-missing-classes)." if missing_classes and not extra_classes else ".")
-            )
-        index = {c: i for i, c in enumerate(class_names)}
-        values = np.zeros((len(ids), len(columns)))
-        for j, c in enumerate(columns):
-            if c in index:
-                values[:, j] = probs[:, index[c]]
-        values /= values.sum(axis=1, keepdims=True)
+    columns, values = _columns_and_values(probs, class_names, sample, binary, allow_missing_classes)
     if clip is not None:
         from catdog_features.ensemble import clip_probabilities
 
         values = clip_probabilities(values[:, 0], clip)[:, None] if binary else clip_probabilities(values, clip)
-
-    row_of = {image_id: k for k, image_id in enumerate(ids)}
-    if sample is not None:
-        sample_ids = set(sample.ids)
-        missing_ids = [i for i in sample.ids if i not in row_of]
-        extra_ids = [i for i in ids if i not in sample_ids]
-        if missing_ids or extra_ids:
-            raise SubmissionMismatchError(
-                "Test ids differ from the sample submission: "
-                + _differences(
-                    ("missing (in the sample, no prediction)", missing_ids),
-                    ("extra (predicted, not in the sample)", extra_ids),
-                )
-                + ". Expected predictions for exactly the sample's ids; check the test folder."
-            )
-        order = [row_of[i] for i in sample.ids]
-    else:
-        order = sorted(range(len(ids)), key=lambda k: natural_key(ids[k]))
-
+    order = _row_order(ids, sample)
     rows = (_format_row(ids[k], values[k], float_format) for k in order)
-    atomic_write_csv(path, (id_column, *columns), rows)
+    write_csv(path, (id_column, *columns), rows)
     return SubmissionInfo(
         path=Path(path),
         n_rows=len(order),
@@ -292,13 +205,80 @@ def write_submission(
     )
 
 
+def _with_failed_rows(ids, probs, failed_ids, prior):
+    """Append the ``prior`` as the row of every unreadable test image (with a warning naming them)."""
+    known = set(ids)
+    failed_ids = [str(i) for i in failed_ids if str(i) not in known]
+    dupes = _duplicates(ids + failed_ids)
+    if dupes:
+        raise ValueError(f"Received duplicate test ids: {_few(dupes)}; expected one prediction per id.")
+    if not failed_ids:
+        return ids, probs, failed_ids
+    n_classes = probs.shape[1]
+    prior = np.full(n_classes, 1.0 / n_classes) if prior is None else np.asarray(prior, dtype=np.float64)
+    if prior.shape != (n_classes,):
+        raise ValueError(f"Received prior of shape {prior.shape}; expected ({n_classes},).")
+    warnings.warn(
+        f"{len(failed_ids)} test image(s) could not be read and get the prior {np.round(prior, 4).tolist()} "
+        f"in the submission: {_few(sorted(failed_ids, key=natural_key))}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return ids + failed_ids, np.vstack([probs, np.tile(prior, (len(failed_ids), 1))]), failed_ids
+
+
+def _columns_and_values(probs, class_names, sample, binary: bool, allow_missing_classes: bool):
+    """The file's probability columns and their values, one row per id (rows sum to 1)."""
+    if binary:
+        return (BINARY_COLUMN,), probs[:, 1:2] / probs.sum(axis=1, keepdims=True)
+    columns = sample.columns if sample is not None else class_names
+    extra_classes = [c for c in class_names if c not in columns]
+    missing_classes = [c for c in columns if c not in class_names]
+    if extra_classes or (missing_classes and not allow_missing_classes):
+        raise SubmissionMismatchError(
+            "Class columns differ from the sample submission: "
+            + _differences(
+                ("missing from the model (in the sample only)", missing_classes),
+                ("extra (model classes not in the sample)", extra_classes),
+            )
+            + ". Expected the sample's columns to be exactly the training classes"
+            + (" (or pass allow_missing_classes=True / --allow-missing-classes)." if missing_classes and not extra_classes else ".")
+        )
+    index = {c: i for i, c in enumerate(class_names)}
+    values = np.zeros((len(probs), len(columns)))
+    for j, c in enumerate(columns):
+        if c in index:
+            values[:, j] = probs[:, index[c]]
+    return columns, values / values.sum(axis=1, keepdims=True)
+
+
+def _row_order(ids, sample) -> list:
+    """Row indices in the file's order: the sample's ids (checked), else ids in numeric order."""
+    if sample is None:
+        return sorted(range(len(ids)), key=lambda k: natural_key(ids[k]))
+    row_of = {image_id: k for k, image_id in enumerate(ids)}
+    sample_ids = set(sample.ids)
+    missing_ids = [i for i in sample.ids if i not in row_of]
+    extra_ids = [i for i in ids if i not in sample_ids]
+    if missing_ids or extra_ids:
+        raise SubmissionMismatchError(
+            "Test ids differ from the sample submission: "
+            + _differences(
+                ("missing (in the sample, no prediction)", missing_ids),
+                ("extra (predicted, not in the sample)", extra_ids),
+            )
+            + ". Expected predictions for exactly the sample's ids; check the test folder."
+        )
+    return [row_of[i] for i in sample.ids]
+
+
 def write_probabilities(path, ids: Sequence[str], probs, class_names: Sequence[str], float_format: str = "%.9g") -> Path:
     """Write a plain probability table ``id,<class_names...>`` (rows in the given order), atomically."""
     class_names = tuple(str(c) for c in class_names)
     ids = [str(i) for i in ids]
     probs = _as_proba(probs, len(ids), len(class_names))
     rows = (_format_row(i, p, float_format) for i, p in zip(ids, probs))
-    return atomic_write_csv(path, ("id", *class_names), rows)
+    return write_csv(path, ("id", *class_names), rows)
 
 
 def read_probabilities(path) -> Tuple[np.ndarray, np.ndarray, Tuple[str, ...]]:

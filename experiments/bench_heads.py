@@ -158,7 +158,7 @@ def stage2_ensemble(result, train_fs, test_fs, args):
             oof={n: oof.oof[n] for n in names}, test={n: oof.test[n] for n in names},
         )
         ens = fit_ensemblers(sub, method="auto", clip="auto", random_state=args.seed)
-        cv = {r["name"]: r["cv_log_loss"] for r in ens.scores}
+        cv = {r["name"]: r["log_loss"] for r in ens.scores}  # the OOF log loss each method was chosen by
         weights = ", ".join(f"{n}={w:.2f}" for n, w in ens.weights.items()) if ens.method == "blend" else ""
         out[label] = (clip_probabilities(ens.combine(sub.test), ens.clip),
                       f"method={ens.method}{' (' + weights + ')' if weights else ''}, clip={ens.clip:g}, "

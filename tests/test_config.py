@@ -22,7 +22,8 @@ def with_(section, key, value):
     (with_("data", "tain", "x"), "[data] tain: unknown key; expected one of train, labels_csv"),
     ({"data": {"train": "x"}, "sweeps": {}}, "[sweeps]: unknown section; expected one of [data], [extract]"),
     ({"extract": {}}, "[data] train: missing"),
-    (with_("sweep", "max_evals", -1), "[sweep] max_evals: received -1; expected an integer >= 0"),
+    (with_("sweep", "max_evals", -1), "[sweep] max_evals: received -1; expected an integer >= 1"),
+    (with_("sweep", "max_evals", 0), "[sweep] max_evals: received 0; expected an integer >= 1, at most 100000"),
     (with_("sweep", "max_evals", "10"), "[sweep] max_evals: received '10'"),
     (with_("sweep", "search_backbones", "yes"), "[sweep] search_backbones: received 'yes'; expected true or false"),
     (with_("sweep", "cv", 1), "[sweep] cv: received 1; expected an integer >= 2 (or 0"),
@@ -36,6 +37,14 @@ def with_(section, key, value):
     (with_("extract", "backbones", []), "[extract] backbones: received []"),
     (with_("extract", "image_size", -3), "[extract] image_size: received -3"),
     (with_("extract", "batch_size", 0), "[extract] batch_size: received 0"),
+    # sane maxima: these used to pass the check and fail 14 s later with ResourceExhaustedError
+    (with_("extract", "image_size", 1_000_000), "[extract] image_size: received 1000000; expected an integer >= 0 "
+                                                "(0: each backbone's native size), at most 2048"),
+    (with_("extract", "image_size", 1e6), "[extract] image_size: received 1000000.0; expected an integer >= 0"),
+    (with_("extract", "batch_size", 10**8), "[extract] batch_size: received 100000000; expected an integer >= 1, at most 4096"),
+    (with_("ensemble", "folds", 10**6), "[ensemble] folds: received 1000000; expected an integer >= 2, at most 100"),
+    (with_("ensemble", "seed", 2**40), "[ensemble] seed: received 1099511627776; expected an integer >= 0, at most 4294967295"),
+    (with_("extract", "allow_outside", "yes"), "[extract] allow_outside: received 'yes'; expected true or false"),
     (with_("extract", "weights", 3), "[extract] weights: received 3"),
     (with_("extract", "weights", "w.h5"), "[extract] weights: received one weights file 'w.h5' for 3 backbones"),
     (with_("extract", "weights", {"VGG16": "v.h5"}), "[extract] weights: has an entry for 'VGG16', which is not in"),
@@ -134,3 +143,73 @@ def test_expected_experiments_are_shipped():
     merged = load_config(REPO / "experiments" / "dogs_vs_cats_merged.toml")
     assert merged.extract.backbones == ("ResNet50", "InceptionV3", "Xception")
     assert merged.sweep.max_evals == 100 and merged.extract.weights == "imagenet"
+
+
+# --------------------------------------------------------------------------- errors name the file
+def test_every_parse_error_names_the_file_or_the_set_item(tmp_path):
+    cfg = tmp_path / "exp" / "bad.toml"
+    cfg.parent.mkdir()
+    cfg.write_text('[data]\ntrain = "t"\n[extract]\nbatch_size = 100000000\n')
+    with pytest.raises(ValueError) as err:
+        load_config(cfg)
+    assert str(err.value).startswith(f"{cfg.resolve()}: [extract] batch_size: received 100000000")
+    with pytest.raises(ValueError) as err:
+        load_config(cfg, ["extract.batch_size=8", "sweep.max_evals=0"])
+    assert str(err.value).startswith("--set sweep.max_evals=0: [sweep] max_evals: received 0")
+    cfg.write_bytes(b'[data]\ntrain = "\xe9t\xe9"\n')  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match="bad.toml"):
+        load_config(cfg)
+
+
+# --------------------------------------------------------------------------- where a run may write
+def write_config(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "c.toml"
+    path.write_text('[data]\ntrain = "../data/train"\n' + text)
+    return path
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("output", "dir", "../../../etc"),
+    ("output", "dir", "/etc"),
+    ("extract", "cache_dir", "../../elsewhere/cache"),
+])
+def test_write_paths_escaping_the_project_folder_are_refused(tmp_path, section, key, value):
+    cfg = write_config(tmp_path / "proj" / "experiments", f'[{section}]\n{key} = "{value}"\n')
+    with pytest.raises(ValueError) as err:
+        load_config(cfg)
+    message = str(err.value)
+    assert message.startswith(f"{cfg.resolve()}: [{section}] {key}: ")
+    assert "outside the project folder" in message and str((tmp_path / "proj").resolve()) in message
+    assert f"allow_outside = true in [{section}]" in message
+    # the explicit opt-ins: the section's allow_outside key, or a --set on the command line
+    cfg.write_text(cfg.read_text() + "allow_outside = true\n")
+    assert Path(getattr(getattr(load_config(cfg), section), key)).is_absolute()
+    cfg = write_config(tmp_path / "proj" / "experiments", "")
+    config = load_config(cfg, [f"{section}.{key}={tmp_path / 'anywhere'}"])
+    assert getattr(getattr(config, section), key) == tmp_path / "anywhere"
+
+
+def test_shipped_layout_stays_inside_the_project_folder(tmp_path):
+    cfg = write_config(tmp_path / "proj" / "experiments",
+                       '[extract]\ncache_dir = "../features_cache"\n[output]\ndir = "../runs/x"\n')
+    config = load_config(cfg)
+    assert config.output.dir == (tmp_path / "proj" / "runs" / "x").resolve()
+    assert config.extract.cache_dir == (tmp_path / "proj" / "features_cache").resolve()
+
+
+def test_check_paths_refuses_an_output_folder_that_is_not_a_run_folder(tmp_path):
+    (tmp_path / "proj" / "data" / "train").mkdir(parents=True)
+    cfg = write_config(tmp_path / "proj" / "experiments", '[output]\ndir = "../src"\n')
+    src = tmp_path / "proj" / "src"
+    src.mkdir()
+    (src / "main.py").write_text("print('mine')\n")
+    with pytest.raises(ValueError) as err:
+        check_paths(load_config(cfg))
+    assert str(err.value).startswith(f"{cfg.resolve()}: [output] dir: ")
+    assert "main.py" in str(err.value) and "manifest.json" in str(err.value)
+    assert (src / "main.py").read_text() == "print('mine')\n"
+    # a new folder, or one holding only what a run writes, is fine
+    (src / "main.py").unlink()
+    (src / "trials.sqlite").write_bytes(b"")
+    check_paths(load_config(cfg))

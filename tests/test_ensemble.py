@@ -115,7 +115,7 @@ def test_blend_weights_on_simplex_and_not_worse_than_best_member(binary_oof):
     assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
     member_losses = [r["log_loss"] for r in result.scores if r["kind"] == "member"]
     blend = next(r for r in result.scores if r["name"] == "blend")
-    assert blend["log_loss"] <= min(member_losses) + 1e-12
+    assert blend["fit_log_loss"] <= min(member_losses) + 1e-12  # the weights, scored on the rows they were fitted on
     assert result.method == "blend"
     assert result.test_proba.shape == (10, 2)
 
@@ -145,7 +145,7 @@ def test_stacker_score_is_nested_cv_not_in_sample():
     stack = next(r for r in result.scores if r["name"] == "stack")
     in_sample = float(stack["note"].rsplit(" ", 1)[1])
     assert in_sample < np.log(2) < stack["log_loss"]
-    assert stack["cv_log_loss"] == stack["log_loss"]
+    assert "cv_log_loss" not in stack  # one OOF number per row: log_loss is the nested-CV one
     # the nested split is seeded differently from the members' folds
     nested = ens.make_folds(y, 5, 7 + 1)
     assert not np.array_equal(nested, oof.folds)
@@ -268,3 +268,47 @@ def test_invalid_member_configs(bad, match):
     train, _ = make_features()
     with pytest.raises(ValueError, match=match):
         fit_oof([bad], train, progress=False, estimator_factory=SpyLR)
+
+
+# --------------------------------------------------------------------------- one set of OOF numbers
+@pytest.mark.parametrize("method", ["mean", "blend", "stack"])
+def test_every_score_of_an_ensembler_comes_from_its_one_set_of_oof_probabilities(binary_oof, method):
+    oof, *_ = binary_oof
+    result = fit_ensemblers(oof, method=method, clip=0.0)
+    y = oof.labels
+    for row in result.scores:
+        p = result.oof_by_method[row["name"]] if row["kind"] == "ensemble" else oof.oof[row["name"]]
+        assert row["log_loss"] == pytest.approx(log_loss(p, y))
+        assert row["clipped_log_loss"] == pytest.approx(row["log_loss"])  # clip 0: the same number
+    np.testing.assert_array_equal(result.oof_proba, result.oof_by_method[method])
+    assert result.chosen_score["log_loss"] == pytest.approx(log_loss(result.oof_proba, y))
+    # what the console prints names the same numbers the report shows
+    line = result.format_table().splitlines()[-1]
+    assert line.startswith(f"chosen: {method}: OOF log loss {result.chosen_score['log_loss']:.5f}, clipped at 0:")
+
+
+def test_chosen_oof_probabilities_are_saved_in_the_oof_file(binary_oof, tmp_path):
+    oof, *_ = binary_oof
+    result = fit_ensemblers(oof, method="stack")
+    ens.save_chosen_oof(oof, result, tmp_path / "oof.h5")
+    loaded = OOFPredictions.load(tmp_path / "oof.h5")
+    assert loaded.chosen == "stack" and set(loaded.ensembles) == {"mean", "blend", "stack"}
+    np.testing.assert_array_equal(loaded.chosen_proba, result.oof_proba)
+    assert log_loss(loaded.chosen_proba, loaded.labels) == pytest.approx(result.chosen_score["log_loss"], rel=1e-12)
+    # a file without them (written before they were stored) still loads
+    oof.ensembles, oof.chosen = {}, None
+    assert OOFPredictions.load(oof.save(tmp_path / "old.h5")).chosen_proba is None
+
+
+@pytest.mark.parametrize("probs, constant", [
+    (np.tile([[0.500074, 0.499926]], (100, 1)), True),  # the first-run report: every row 0.499926
+    (np.tile([[0.5, 0.5]], (100, 1)) + np.linspace(0, 1e-6, 100)[:, None] * [1, -1], True),
+    (np.column_stack([np.linspace(0.4, 0.6, 100), np.linspace(0.6, 0.4, 100)]), False),
+])
+def test_near_constant_predictions_are_recognised(probs, constant):
+    from catdog_features.ensemble.metrics import constant_predictions_message
+
+    message = constant_predictions_message(probs, "test predictions")
+    assert (message is not None) == constant
+    if constant:
+        assert "test predictions are (nearly) constant" in message and "100 rows" in message

@@ -154,9 +154,11 @@ def test_failure_records_are_listed(tiny_run):
 
 
 def test_comparison_table_uses_recorded_numbers_only(tiny_run):
+    from catdog_features.run.saved import SavedEnsemble
+
     run = RunDir(tiny_run["run"])
     manifest = run.read_manifest()
-    ensemble = run.read_ensemble()
+    ensemble = SavedEnsemble.load(run.root).result
     header, rows = read_csv(run.report / rp.COMPARISON_CSV)
     table = {r[0]: dict(zip(header, r)) for r in rows}
     extract = manifest["stages"]["extract"]
@@ -165,28 +167,110 @@ def test_comparison_table_uses_recorded_numbers_only(tiny_run):
     assert len(extract["settings"]["backbones"]) >= 2
     for name in extract["settings"]["backbones"]:
         row = table[name]
-        assert row["kind"] == "backbone" and int(row["dim"]) == get_backbone(name).dim
-        folder = Path(extract["train"]["cache_files"][name])
-        assert folder == Path(extract["test"]["cache_files"][name])  # one store folder per extractor
-        assert int(row["cache_bytes"]) == sum(p.stat().st_size for p in (folder / "shards").glob("*.h5"))
-        recorded = (extract.get("backbones") or {}).get(name, {}).get("images_per_s")
-        assert (row["images_per_s"] == "") == (recorded is None)  # never invented
-    scores = {r["name"]: r for r in ensemble["ensemble"]["scores"]}
+        recorded = extract["backbones"][name]  # what the pipeline wrote from the extraction report
+        assert row["kind"] == "backbone" and int(row["dim"]) == recorded["dim"] == get_backbone(name).dim
+        assert recorded["computed"] > 0 and recorded["images_per_s"] > 0  # measured in this run
+        assert float(row["images_per_s"]) == pytest.approx(recorded["images_per_s"], rel=1e-5)
+        # bytes on disk: whatever the store reported, never measured from its files by the report
+        if recorded["store_bytes"] is None:
+            assert row["cache_bytes"] == ""  # never invented
+        else:
+            assert int(row["cache_bytes"]) == recorded["store_bytes"]
+    scores = {r["name"]: r for r in ensemble.scores}
     for method in ("mean", "blend", "stack"):
-        key = method + (" (chosen)" if method == ensemble["ensemble"]["method"] else "")
-        assert float(table[key]["oof_log_loss"]) == pytest.approx(scores[method]["cv_log_loss"], rel=1e-5)
+        key = method + (" (chosen)" if method == ensemble.method else "")
+        assert float(table[key]["oof_log_loss"]) == pytest.approx(scores[method]["log_loss"], rel=1e-5)
         assert float(table[key]["oof_accuracy"]) == pytest.approx(scores[method]["accuracy"], rel=1e-5)
 
 
 def test_chosen_oof_probabilities_match_the_stored_score(tiny_run):
-    data = rp._load_run(tiny_run["run"])
+    data = rp.load_run(tiny_run["run"])
     probs, name, stored = rp.chosen_oof_probabilities(data)
     from catdog_features.ensemble import log_loss
 
-    assert name == data.ensemble["ensemble"]["method"]
+    assert name == data.ensemble.result.method
     assert log_loss(probs, data.oof.labels) == pytest.approx(stored, rel=1e-9)
     cm = rp.confusion_matrix(probs, data.oof.labels, 2)
     assert cm.sum() == len(data.oof.ids) == 14 * 2 + 2
+
+
+def test_console_report_and_manifest_give_one_number_under_one_name(tiny_run):
+    from catdog_features.ensemble import format_headline
+
+    run = RunDir(tiny_run["run"])
+    stage = run.read_manifest()["stages"]["ensemble"]
+    chosen = next(r for r in stage["scores"] if r["name"] == stage["method"])
+    assert (stage["oof_log_loss"], stage["oof_log_loss_clipped"]) == (chosen["log_loss"], chosen["clipped_log_loss"])
+    headline = format_headline(stage["method"], stage["clip"], chosen)
+    assert headline in run.scores.read_text()  # what the console printed
+    assert headline in (run.report / "report.md").read_text()
+    header, rows = read_csv(run.report / rp.COMPARISON_CSV)
+    row = dict(zip(header, next(r for r in rows if r[0] == stage["method"] + " (chosen)")))
+    assert float(row["oof_log_loss"]) == pytest.approx(chosen["log_loss"], rel=1e-5)
+    assert float(row["oof_log_loss_clipped"]) == pytest.approx(chosen["clipped_log_loss"], rel=1e-5)
+    assert "cv_log_loss" not in (run.root / "ensemble.json").read_text()
+
+
+def copy_run(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run, ignore=shutil.ignore_patterns("report", "report.html"))
+    return run
+
+
+def test_report_refits_nothing_and_reads_no_cache_file(tiny_run, tmp_path, monkeypatch):
+    import h5py
+
+    from catdog_features.ensemble import combine
+    from catdog_features.heads import DenseHead
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the report refitted something")
+
+    for name in ("fit_ensemblers", "_fit_ensemblers", "fit_stacker", "fit_blend", "_nested_stack", "_nested_blend"):
+        monkeypatch.setattr(combine, name, refit)
+    monkeypatch.setattr("catdog_features.ensemble.fit_ensemblers", refit)
+    monkeypatch.setattr(DenseHead, "fit", refit)
+    monkeypatch.setattr(DenseHead, "load", refit)
+    opened = []
+    real_file = h5py.File
+
+    def spy(name, *args, **kwargs):
+        opened.append(Path(name).resolve())
+        return real_file(name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", spy)
+    run = copy_run(tiny_run, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rp.ReportWarning)
+        page = rp.write_report(run, strict=True)
+    assert "Error:" not in page.read_text(encoding="utf-8")
+    assert opened and set(opened) == {(run / "oof.h5").resolve()}, opened
+
+
+def test_report_warns_about_constant_predictions(tiny_run, tmp_path):
+    from catdog_features.ensemble import OOFPredictions
+
+    run = copy_run(tiny_run, tmp_path)
+    oof = OOFPredictions.load(run / "oof.h5")
+    oof.ensembles[oof.chosen] = np.tile([[0.500074, 0.499926]], (len(oof.ids), 1))
+    oof.save(run / "oof.h5")
+    text = rp.write_report(run, strict=True).read_text(encoding="utf-8")
+    assert "(nearly) constant" in text and "0.499926" in text
+
+
+def test_report_of_an_oof_file_without_ensemble_predictions_shows_the_best_member(tiny_run, tmp_path):
+    from catdog_features.ensemble import OOFPredictions, log_loss
+
+    run = copy_run(tiny_run, tmp_path)
+    oof = OOFPredictions.load(run / "oof.h5")
+    oof.ensembles, oof.chosen = {}, None
+    oof.save(run / "oof.h5")
+    data = rp.load_run(run)
+    probs, name, stored = rp.chosen_oof_probabilities(data)
+    best = min(oof.member_names, key=lambda n: log_loss(oof.oof[n], oof.labels))
+    assert name == f"member {best}" and log_loss(probs, oof.labels) == pytest.approx(stored)
+    assert any("older version" in p for p in data.problems)
+    assert "older version" in rp.write_report(run, strict=True).read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- degraded runs
@@ -273,3 +357,40 @@ def test_figures_do_not_touch_the_global_matplotlib_backend():
         png_ok(fig._repr_png_())  # what Jupyter shows inline
     assert matplotlib.get_backend() == before
     assert rp.varying_params(trials) == ["dropout", "lr"]
+
+
+def visible_tick_labels(ax, which="x"):
+    ax.figure.canvas.draw()
+    low, high = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    return [t.get_text() for t in axis.get_ticklabels() if t.get_text() and low <= t.get_position()[0 if which == "x" else 1] <= high]
+
+
+@pytest.mark.parametrize("low, high", [(0.003, 0.03), (0.001, 0.01), (0.0031, 0.0049), (1e-5, 1e-1)])
+def test_log_axes_have_readable_tick_labels(low, high):
+    lrs = np.geomspace(low, high, 5)
+    trials = [{"tid": k, "status": "ok", "loss": 0.1 + 0.01 * k, "backbones": ["A"], "params": {"lr": float(lr)},
+               "best_epoch": 1, "duration_s": 1.0} for k, lr in enumerate(lrs)]
+    fig = rp.plot_sweep_params(trials, ["lr"], log_params=["lr"])
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    labels = visible_tick_labels(ax)
+    assert len(labels) >= 2, labels
+
+
+def test_fold_models_are_listed_by_the_run_folder_in_fold_order(tmp_path):
+    run = RunDir(tmp_path)
+    for k in (10, 2, 0, 1):
+        path = run.fold_model("t3", k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        (path.parent / f"fold{k}.keras.json").write_text("{}")
+    (run.models / "t3" / "notes.txt").write_text("not a model")
+    assert [p.name for p in run.fold_models("t3")] == ["fold0.keras", "fold1.keras", "fold2.keras", "fold10.keras"]
+    assert run.fold_models("missing") == []
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "fold0.keras").write_bytes(b"")
+    for name in ("../elsewhere", "t3/../../elsewhere", str(outside)):  # member names come from files
+        with pytest.raises(ValueError, match="is not a folder of models/"):
+            run.fold_models(name)

@@ -240,3 +240,154 @@ def test_demo_config_is_a_valid_run_config(tmp_path, n):
     config = parse_config(demo_config(tmp_path, n), base_dir=tmp_path, name="demo")
     assert config.extract.weights is None and config.output.dir == (tmp_path / "run").resolve()
     assert config.ensemble.folds <= n
+
+
+# --------------------------------------------------------------------------- one manifest shape, the ensemble command
+def shape(value):
+    """The keys of nested dicts (values replaced by their JSON type), for comparing manifest shapes."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    return type(value).__name__
+
+
+def test_ensemble_command_is_the_pipeline_with_the_same_manifest_shape(binary_run, tmp_path, capsys):
+    out = binary_run["out"]
+    ens = tmp_path / "ens"
+    assert run_cli("ensemble", "--data", binary_run["data"] / "train", "--test", binary_run["data"] / "test",
+                   "--trials", out / "trials.sqlite", "--out", ens, "--cache", binary_run["root"] / "cache",
+                   "--weights", "none", "--image-size", 32, "--top-k", 1, "--folds", 2, "--no-progress") == 0
+    text = capsys.readouterr().out
+    # the hint writes into the run folder, not the current one
+    assert f"next: catdog-features submit --run {ens}" in text and f"{ens / 'submission.csv'}" in text
+    by_run = json.loads((out / "manifest.json").read_text())
+    by_ensemble = json.loads((ens / "manifest.json").read_text())
+    assert (by_run["command"], by_ensemble["command"]) == ("run", "ensemble")
+    assert set(by_run) == set(by_ensemble)
+    config_run, config_ens = by_run["config"], by_ensemble["config"]
+    assert set(config_run) == set(config_ens) == {"data", "extract", "sweep", "ensemble", "output", "source"}
+    assert config_ens["sweep"] is None and config_ens["source"] is None  # trials from --trials, no config file
+    for section in ("data", "extract", "ensemble", "output"):
+        assert set(config_run[section]) == set(config_ens[section]), section
+    assert config_ens["extract"]["weights"] == config_run["extract"]["weights"] == "none"
+    assert config_ens["extract"]["image_size"] == 32 and config_ens["ensemble"]["folds"] == 2
+    # the stages are the pipeline's, the sweep's record says where the trials came from
+    assert set(by_ensemble["stages"]) == {"extract", "sweep", "oof", "ensemble"}
+    assert set(by_ensemble["stages"]["extract"]) == set(by_run["stages"]["extract"])
+    sweep = by_ensemble["stages"]["sweep"]
+    assert sweep["status"] == "given" and Path(sweep["trials"]) == out / "trials.sqlite"
+    assert run_cli("submit", "--run", ens) == 0
+    assert (ens / "submission.csv").is_file()
+    # every file of the run folder gets the usual mode (they were 0600 for the CSVs)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (ens / "manifest.json", ens / "submission.csv",
+                                                         ens / "test_predictions.csv", ens / "ensemble.json")}
+    assert len(set(modes.values())) == 1 and modes["submission.csv"] & 0o044 == 0o044, modes
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--folds", "1", "--folds 1: [ensemble] folds: received 1; expected an integer >= 2"),
+    ("--clip", "best", "--clip best: [ensemble] clip: received 'best'"),
+    ("--batch-size", "100000000", "--batch-size 100000000: [extract] batch_size: received 100000000"),
+])
+def test_ensemble_arguments_are_checked_like_the_config(binary_run, tmp_path, capsys, flag, value, message):
+    assert run_cli("ensemble", "--data", binary_run["data"] / "train", "--trials", binary_run["out"] / "trials.sqlite",
+                   "--out", tmp_path / "ens", "--weights", "none", flag, value) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "ens").exists()
+
+
+# --------------------------------------------------------------------------- crafted run folders
+def edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_crafted_ensemble_json_cannot_reach_outside_the_run_folder(binary_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(binary_run["out"], run, ignore=shutil.ignore_patterns("report*", "features_cache"))
+    elsewhere = tmp_path / "elsewhere"
+    victim = tmp_path / "victim.keras"
+    member = next(iter(json.loads((run / "ensemble.json").read_text())["models"]))
+    shutil.copy(run / "models" / member / "fold0.keras", victim)
+    edit_json(run / "ensemble.json", lambda d: d["models"][member].__setitem__(0, str(victim)))
+    assert run_cli("predict", binary_run["data"] / "test", "--run", run, "--out", tmp_path / "p.csv", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "ensemble.json: models." + member + "[0]" in err and "outside" in err
+    edit_json(run / "ensemble.json", lambda d: d["models"][member].__setitem__(0, "../../victim.keras"))
+    assert run_cli("submit", "--run", run) == 2
+    assert "ensemble.json: models." + member + "[0]" in capsys.readouterr().err
+
+    shutil.copy(binary_run["out"] / "ensemble.json", run / "ensemble.json")
+    edit_json(run / "ensemble.json", lambda d: d["extraction"].__setitem__("cache_dir", str(elsewhere)))
+    assert run_cli("predict", binary_run["data"] / "test", "--run", run, "--out", tmp_path / "p.csv", "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "extraction.cache_dir" in err and "not followed" in err and f"--cache {elsewhere}" in err
+    assert not elsewhere.exists()  # nothing written where the crafted file pointed
+    assert (run / "features_cache").is_dir()
+
+
+# --------------------------------------------------------------------------- config check output
+def test_run_check_prints_what_was_meant_never_null(tmp_path, capsys):
+    assert run_cli("run", TINY, "--set", f"data.train={tmp_path}", "--set", "data.test=",
+                   "--set", "extract.image_size=0", "--check") == 0
+    out = capsys.readouterr().out
+    assert "null" not in out and "None" not in out
+    assert 'weights = "none"  # random init' in out
+    assert "image_size = 0  # each backbone's native size" in out
+    assert 'test = ""  # none: no test set, no submission' in out
+    assert "cv = 0  # one hold-out split" in out
+    assert "config OK" in out
+
+
+def test_run_check_refuses_an_output_folder_outside_the_project(tmp_path, capsys):
+    cfg = tmp_path / "proj" / "experiments" / "x.toml"
+    cfg.parent.mkdir(parents=True)
+    (tmp_path / "proj" / "data").mkdir()
+    cfg.write_text('[data]\ntrain = "../data"\n[output]\ndir = "../../../etc"\n')
+    assert run_cli("run", cfg, "--check") == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: [output] dir:" in err and "outside the project folder" in err
+
+
+# --------------------------------------------------------------------------- constant predictions
+def test_pipeline_warns_when_the_ensemble_predicts_a_constant(tmp_path):
+    from catdog_features.ensemble import ConstantPredictionsWarning
+    from catdog_features.features.featureset import FeatureSet
+    from catdog_features.run.config import parse_config
+    from catdog_features.run.pipeline import ensemble_stage, start_run
+
+    (tmp_path / "train").mkdir()
+    config = parse_config({"data": {"train": "train"}, "extract": {"backbones": ["VGG16"], "weights": "none"},
+                           "ensemble": {"folds": 2, "top_k": 1}, "output": {"dir": "run"}}, base_dir=tmp_path)
+    labels = np.array([0, 1] * 8)
+    # what random-init MobileNetV2 gave at 64 px: the same vector for every image
+    constant = np.full((16, 8), 0.25, dtype=np.float32)
+    train = FeatureSet(np.array([str(i) for i in range(16)]), labels, ("cat", "dog"), {"VGG16": constant})
+    test = FeatureSet(np.array(["100", "101", "102"]), None, ("cat", "dog"), {"VGG16": constant[:3]})
+    run = start_run(config)
+    members = [{"name": "m", "params": {"epochs": 2, "patience": 1, "batch_size": 8}, "backbones": ["VGG16"]}]
+    with pytest.warns(ConstantPredictionsWarning, match=r"test predictions of the \w+ ensemble are \(nearly\) constant"):
+        ensemble_stage(run, config, members, train, test, progress=False, log=lambda msg: None)
+    notes = json.loads((run.root / "manifest.json").read_text())["notes"]
+    assert any("(nearly) constant" in n for n in notes)
+
+
+def test_backbone_records_come_from_the_extraction_reports():
+    from types import SimpleNamespace as NS
+
+    from catdog_features.run.pipeline import backbone_records
+
+    def report(**backbones):
+        return NS(backbones={name: NS(image_size=32, dim=512, **fields) for name, fields in backbones.items()})
+
+    train = report(VGG16={"computed": 30, "images_per_s": 10.0}, ResNet50={"computed": 0, "images_per_s": None})
+    test = report(VGG16={"computed": 10, "images_per_s": 20.0, "store_bytes": 4096},
+                  ResNet50={"computed": 0, "images_per_s": None})
+    records = backbone_records([train, test], previous={"ResNet50": {"images_per_s": 55.0}})
+    assert records["VGG16"] == {"image_size": 32, "dim": 512, "computed": 40, "store_bytes": 4096,
+                                "images_per_s": pytest.approx(40 / (3.0 + 0.5))}
+    # nothing computed in this run: the speed measured when the features were computed is kept;
+    # a store that reports no size gives None (the report shows n/a)
+    assert records["ResNet50"]["images_per_s"] == 55.0 and records["ResNet50"]["store_bytes"] is None

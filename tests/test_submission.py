@@ -152,3 +152,17 @@ def test_read_sample_submission_and_probability_roundtrip(tmp_path):
     ids, back, classes = read_probabilities(tmp_path / "p.csv")
     assert list(ids) == ["7"] and classes == ("cat", "dog")
     np.testing.assert_allclose(back, probs, atol=1e-8)
+
+
+def test_files_get_the_usual_mode_not_0600(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    write_submission(tmp_path / "s.csv", ["1"], np.array([0.5]), ("cat", "dog"))
+    write_probabilities(tmp_path / "p.csv", ["1"], np.array([[0.5, 0.5]]), ("cat", "dog"))
+    (tmp_path / "other.txt").write_text("x")
+    for name in ("s.csv", "p.csv"):
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == expected == (tmp_path / "other.txt").stat().st_mode & 0o777, oct(mode)

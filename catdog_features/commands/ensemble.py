@@ -9,9 +9,18 @@ DESCRIPTION = (
     "mean of the fold models), then fit the ensemblers (mean, weighted blend, nested-CV "
     "logistic-regression stacker), pick one by OOF log loss and choose the clip on OOF "
     "predictions. Features come from the cache (same settings as the sweep). Writes oof.h5, "
-    "models/, ensemble.json, scores.txt and test_predictions.csv into --out; then use "
-    "`catdog-features submit --run OUT` or `predict --run OUT`."
+    "models/, ensemble.json, scores.txt and test_predictions.csv into --out (the same run "
+    "folder and manifest as `run`); then use `catdog-features submit --run OUT` or `predict --run OUT`."
 )
+
+#: argument -> (config section, key): the run config this command's arguments make.
+_CONFIG_KEYS = {
+    "data": ("data", "train"), "labels_csv": ("data", "labels_csv"), "test": ("data", "test"),
+    "cache": ("extract", "cache_dir"), "weights": ("extract", "weights"), "image_size": ("extract", "image_size"),
+    "batch_size": ("extract", "batch_size"), "top_k": ("ensemble", "top_k"), "folds": ("ensemble", "folds"),
+    "method": ("ensemble", "method"), "clip": ("ensemble", "clip"), "seed": ("ensemble", "seed"),
+    "out": ("output", "dir"),
+}
 
 
 def add_arguments(parser) -> None:
@@ -33,42 +42,46 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def config_from_args(args, backbones):
+    """The :class:`~catdog_features.run.config.RunConfig` of these arguments (``sweep`` None:
+    the trials come from ``--trials``), validated like a config file, errors naming the flag."""
+    import dataclasses
+    import os
+
+    from catdog_features.run.config import parse_config
+
+    raw = {"data": {}, "extract": {"backbones": list(backbones)}, "ensemble": {}, "output": {"report": False}}
+    explicit = {}
+    for arg, (section, key) in _CONFIG_KEYS.items():
+        value = getattr(args, arg)
+        if arg == "clip" and value != "auto":
+            try:
+                value = float(value)
+            except ValueError:
+                pass  # reported by the config check, naming --clip
+        raw[section][key] = "" if value is None else value
+        explicit[(section, key)] = f"--{arg.replace('_', '-')} {value}"
+    config = parse_config(raw, base_dir=os.getcwd(), name="ensemble", explicit=explicit)
+    return dataclasses.replace(config, sweep=None)
+
+
 def run(args) -> int:
-    from pathlib import Path
+    import time
 
     from catdog_features.ensemble import members_from_sweep
-    from catdog_features.features.backbones import parse_weights
-    from catdog_features.run.pipeline import ExtractionSettings, fit_ensemble_stage, load_features
-    from catdog_features.run.rundir import RunDir
-    from catdog_features.search import TrialStore
+    from catdog_features.run.pipeline import ensemble_stage, extract_stage, finish_run, read_sweep, start_run, trials_stage
 
-    clip = args.clip if args.clip == "auto" else float(args.clip)
-    trials_path = Path(args.trials)
-    if not trials_path.is_file():
-        raise FileNotFoundError(f"Trials file not found. Received: --trials {args.trials!r}.")
-    store = TrialStore(trials_path)
-    try:
-        trials = store.load()
-    finally:
-        store.close()
-    members = members_from_sweep(trials, args.top_k)
-    backbones = tuple(dict.fromkeys(b for m in members for b in m["backbones"]))
-    weights = parse_weights(args.weights)
-    settings = ExtractionSettings(backbones, weights, args.image_size or None, args.batch_size,
-                                  str(Path(args.cache).absolute()))
-    train = load_features(args.data, settings, labels_csv=args.labels_csv, progress=args.progress)
-    test = load_features(args.test, settings, progress=args.progress) if args.test else None
-    run_dir = RunDir(args.out)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    stage = fit_ensemble_stage(run_dir, members, train, test, folds=args.folds, seed=args.seed, method=args.method,
-                               clip=clip, settings=settings, progress=args.progress)
-    result = stage["result"]
-    run_dir.update_manifest(config={"command": "ensemble", **{k: v for k, v in vars(args).items() if not k.startswith("_")}})
-    run_dir.record_stage("oof", stage["status"], stage["seconds"], key=stage["oof"].key,
-                         members=[m["name"] for m in stage["oof"].members])
-    run_dir.record_stage("ensemble", "done", 0.0, method=result.method, clip=result.clip, scores=result.scores)
-    print(result.format_table())
+    started = time.perf_counter()
+    sweep = read_sweep(args.trials)
+    members = members_from_sweep(sweep, args.top_k)
+    config = config_from_args(args, dict.fromkeys(b for m in members for b in m["backbones"]))
+    run_dir = start_run(config, command="ensemble")
+    train, test = extract_stage(run_dir, config, progress=args.progress)
+    trials_stage(run_dir, sweep)
+    stage = ensemble_stage(run_dir, config, members, train, test, progress=args.progress)  # prints the score table
+    finish_run(run_dir, started)
     print(f"ensemble -> {run_dir.ensemble}; OOF -> {run_dir.oof}; fold models -> {run_dir.models}")
-    if result.test_proba is not None:
-        print(f"test predictions -> {run_dir.test_predictions}; next: catdog-features submit --run {run_dir.root} --out submission.csv")
+    if stage["result"].test_proba is not None:
+        print(f"test predictions -> {run_dir.test_predictions}; next: catdog-features submit --run {run_dir.root} "
+              f"(writes {run_dir.submission})")
     return 0

@@ -21,18 +21,20 @@ def add_arguments(parser) -> None:
                         help="clip probabilities to [EPS, 1-EPS] (default: the run's OOF-chosen clip)")
     parser.add_argument("--test", default=None, metavar="DIR",
                         help="predict this folder with the run's saved models instead of using its stored test predictions")
-    parser.add_argument("--cache", default=None, metavar="DIR", help="feature cache for --test (default: the run's)")
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help="feature cache for --test (default: the run's if it is inside RUN_DIR, else RUN_DIR/features_cache)")
     parser.add_argument("--allow-missing-classes", action="store_true",
                         help="multi-class: sample columns the model never saw get probability 0 instead of an error")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def run(args) -> int:
-    from catdog_features.run.pipeline import predict_folder, write_run_submission
+    from catdog_features.commands.predict import predict_quietly
+    from catdog_features.run.predict import write_run_submission
 
     prediction = None
     if args.test:
-        prediction = predict_folder(args.run, args.test, cache_dir=args.cache, progress=args.progress)
+        prediction = predict_quietly(args.run, args.test, cache_dir=args.cache, progress=args.progress)
     info = write_run_submission(
         args.run, args.out, sample_submission=args.sample_submission, clip=args.clip,
         allow_missing_classes=args.allow_missing_classes, prediction=prediction,

@@ -6,17 +6,21 @@
 """
 
 from catdog_features.ensemble.combine import (
-    METHODS, EnsembleResult, apply_stacker, fit_blend, fit_ensemblers, fit_stacker,
+    METHODS, EnsembleResult, apply_stacker, fit_blend, fit_ensemblers, fit_stacker, format_headline, save_chosen_oof,
 )
-from catdog_features.ensemble.metrics import CLIP_GRID, accuracy, choose_clip, clip_probabilities, log_loss
+from catdog_features.ensemble.metrics import (
+    CLIP_GRID, ConstantPredictionsWarning, accuracy, choose_clip, clip_probabilities, log_loss, prediction_spread,
+    row_log_loss,
+)
 from catdog_features.ensemble.oof import (
     OOFPredictions, aligned_proba, default_estimator_factory, feature_fingerprint, fit_oof, make_folds,
     members_from_sweep, normalize_members, oof_key, read_oof_key,
 )
 
 __all__ = [
-    "CLIP_GRID", "METHODS", "EnsembleResult", "OOFPredictions", "accuracy", "aligned_proba", "apply_stacker",
-    "choose_clip", "clip_probabilities", "default_estimator_factory", "feature_fingerprint", "fit_blend",
-    "fit_ensemblers", "fit_oof", "fit_stacker", "log_loss", "make_folds", "members_from_sweep",
-    "normalize_members", "oof_key", "read_oof_key",
+    "CLIP_GRID", "METHODS", "ConstantPredictionsWarning", "EnsembleResult", "OOFPredictions", "accuracy",
+    "aligned_proba", "apply_stacker", "choose_clip", "clip_probabilities", "default_estimator_factory",
+    "feature_fingerprint", "fit_blend", "fit_ensemblers", "fit_oof", "fit_stacker", "format_headline", "log_loss",
+    "make_folds", "members_from_sweep", "normalize_members", "oof_key", "prediction_spread", "read_oof_key",
+    "row_log_loss", "save_chosen_oof",
 ]

@@ -2,14 +2,20 @@
 
 :func:`fit_ensemblers` fits (a) the plain mean, (b) a weighted blend (non-negative weights
 summing to 1, minimising OOF log loss) and (c) a stacker (logistic regression on member
-logits) scored by nested cross-validation. ``method="auto"`` keeps the lowest
-cross-validated OOF log loss; the clip is chosen on the chosen method's OOF predictions only
-(never on the test set).
+logits). Every ensembler has **one** set of out-of-fold probabilities and every score is
+computed on it: the mean needs no fit; the blend's and the stacker's OOF probabilities come
+from nested cross-validation (weights/coefficients re-fitted on each outer training part),
+so an ensembler fitted on the very rows it is scored on never looks better than it is.
+``method="auto"`` keeps the lowest OOF log loss; the clip is chosen on the chosen method's
+OOF probabilities only (never on the test set). The weights/coefficients used for the test
+set are fitted on all OOF rows. :func:`save_chosen_oof` stores the ensemblers' OOF
+probabilities in ``oof.h5`` (:class:`~catdog_features.ensemble.oof.OOFPredictions`), so a
+report reads them instead of refitting anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -17,7 +23,7 @@ import numpy as np
 from catdog_features.ensemble.metrics import CLIP_GRID, TINY, accuracy, choose_clip, clip_probabilities, log_loss
 from catdog_features.ensemble.oof import OOFPredictions, make_folds
 
-#: Ensemble methods; "auto" picks the one with the lowest cross-validated OOF log loss.
+#: Ensemble methods; "auto" picks the one with the lowest OOF log loss.
 METHODS = ("auto", "blend", "stack", "mean")
 _STACK_EPS = 1e-6
 
@@ -43,6 +49,7 @@ def _stacker_logreg(C: float = 1.0):
 
 
 def apply_stacker(stacker: dict, member_probs: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """Probabilities of a fitted stacker (:func:`fit_stacker`) on members' probabilities."""
     Z = _stack_features(member_probs, n_classes == 2)
     coef = np.asarray(stacker["coef"], dtype=np.float64)
     intercept = np.asarray(stacker["intercept"], dtype=np.float64)
@@ -130,18 +137,23 @@ class EnsembleResult:
     method : str
         The chosen method (``"blend"``, ``"stack"`` or ``"mean"``).
     clip : float
-        Clip epsilon, chosen on the chosen method's OOF predictions (or fixed by the user).
+        Clip epsilon, chosen on the chosen method's OOF probabilities (or fixed by the user).
     clip_losses : dict
         OOF log loss per epsilon of :data:`CLIP_GRID` (empty for a fixed clip).
     scores : list of dict
-        One row per member and ensembler: ``name``, ``kind``, ``log_loss``, ``accuracy``,
-        ``cv_log_loss`` (honest OOF score used for selection), ``note``.
+        One row per member and ensembler: ``name``, ``kind`` (member | ensemble),
+        ``log_loss`` (the OOF log loss: of the row's OOF probabilities, nested-CV ones for
+        the blend and the stacker), ``clipped_log_loss`` (the same probabilities clipped
+        at ``clip``), ``accuracy``, ``fit_log_loss`` (blend/stack: fitted on all OOF rows
+        and scored on them, optimistic, for information), ``note``.
     weights : dict of str -> float
         Blend weights per member.
     stacker : dict
         Stacker coefficients (JSON-able); applied by :meth:`combine`.
+    oof_by_method : dict of str -> ndarray
+        OOF probabilities of each ensembler (unclipped), the ones its scores come from.
     oof_proba, test_proba : ndarray
-        Unclipped probabilities of the chosen method (OOF: cross-validated for the stacker).
+        Unclipped probabilities of the chosen method.
     """
 
     class_names: tuple
@@ -155,6 +167,7 @@ class EnsembleResult:
     prior: np.ndarray
     oof_proba: Optional[np.ndarray] = None
     test_proba: Optional[np.ndarray] = None
+    oof_by_method: Dict[str, np.ndarray] = field(default_factory=dict)
 
     def combine(self, member_probs: Mapping[str, np.ndarray], method: Optional[str] = None) -> np.ndarray:
         """Combine per-member probabilities (name -> (n, n_classes)) with the fitted ensembler."""
@@ -165,21 +178,27 @@ class EnsembleResult:
         weights = [self.weights[m] for m in self.members]
         return _combine(method or self.method, probs, weights, self.stacker, len(self.class_names))
 
+    @property
+    def chosen_score(self) -> dict:
+        """The score row of the chosen method."""
+        return next(r for r in self.scores if r["name"] == self.method)
+
+    def headline(self) -> str:
+        """The chosen ensemble's numbers, worded the same wherever they are shown."""
+        return format_headline(self.method, self.clip, self.chosen_score)
+
     def format_table(self) -> str:
         """The scores as an aligned text table (what the CLI prints)."""
-        header = f"{'name':<16} {'kind':<8} {'log_loss':>9} {'cv_log_loss':>11} {'accuracy':>8}  note"
+        clipped = f"clipped at {self.clip:g}"
+        header = f"{'name':<16} {'kind':<8} {'OOF log loss':>12} {clipped:>16} {'accuracy':>8}  note"
         lines = [header, "-" * len(header)]
         for row in self.scores:
             mark = " *" if row["name"] == self.method else ""
             lines.append(
-                f"{row['name']:<16} {row['kind']:<8} {row['log_loss']:>9.5f} {row['cv_log_loss']:>11.5f} "
+                f"{row['name']:<16} {row['kind']:<8} {row['log_loss']:>12.5f} {row['clipped_log_loss']:>16.5f} "
                 f"{row['accuracy']:>8.4f}  {row['note']}{mark}"
             )
-        chosen = next(r for r in self.scores if r["name"] == self.method)
-        lines.append(
-            f"chosen: {self.method} (* above); clip {self.clip:g} -> OOF log loss "
-            f"{chosen['clipped_log_loss']:.5f}"
-        )
+        lines.append(f"chosen: {self.headline()}  (* above)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -209,6 +228,12 @@ class EnsembleResult:
             stacker=dict(data["stacker"]),
             prior=np.asarray(data["prior"], dtype=np.float64),
         )
+
+
+def format_headline(method: str, clip: float, score: Mapping) -> str:
+    """``"blend: OOF log loss 0.12345, clipped at 0.005: 0.12001, OOF accuracy 95.00%"``."""
+    return (f"{method}: OOF log loss {score['log_loss']:.5f}, clipped at {clip:g}: "
+            f"{score['clipped_log_loss']:.5f}, OOF accuracy {score['accuracy']:.2%}")
 
 
 def _nested_blend(member_probs, y, splits) -> np.ndarray:
@@ -255,9 +280,9 @@ def fit_ensemblers(
     ----------
     oof : OOFPredictions
     method : {"auto", "blend", "stack", "mean"}
-        ``"auto"`` picks the lowest ``cv_log_loss``: the OOF log loss of the mean, and the
-        nested-CV OOF log loss of the blend and the stacker (their weights/coefficients
-        are re-fitted on each outer training part with a split seeded ``random_state + 1``,
+        ``"auto"`` picks the lowest OOF log loss: that of the mean, and of the blend's
+        and the stacker's nested-CV OOF probabilities (their weights/coefficients are
+        re-fitted on each outer training part with a split seeded ``random_state + 1``,
         different from the members' folds). Ties prefer mean, then blend.
     clip : "auto" or float
         ``"auto"``: the epsilon of ``clip_grid`` with the lowest OOF log loss of the
@@ -277,70 +302,64 @@ def fit_ensemblers(
         return _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C)
 
 
+def _fit_all(probs, y, n_classes, splits, stack_C, names):
+    """Each ensembler: (OOF probabilities, in-sample log loss or None, note), and its fitted state."""
+    weights = fit_blend(probs, y)
+    stacker = fit_stacker(probs, y, n_classes, stack_C) if len(np.unique(y)) >= 2 else None
+    blend_fit = log_loss(_combine("blend", probs, weights, None, n_classes), y)
+    stack_fit = log_loss(apply_stacker(stacker, probs, n_classes), y) if stacker else None
+    rows = {
+        "mean": (np.mean(probs, axis=0), None, "equal weights"),
+        "blend": (_nested_blend(probs, y, splits), blend_fit,
+                  "weights " + ", ".join(f"{n}={w:.3f}" for n, w in zip(names, weights))
+                  + f"; nested CV (fitted on all rows: {blend_fit:.5f})"),
+        "stack": (_nested_stack(probs, y, splits, n_classes, stack_C), stack_fit,
+                  "logistic regression, nested CV; in-sample log loss "
+                  + ("n/a" if stack_fit is None else f"{stack_fit:.5f}")),
+    }
+    return rows, weights, stacker
+
+
+def _score_row(name: str, kind: str, p, y, fit_ll, note: str) -> dict:
+    return {"name": name, "kind": kind, "log_loss": log_loss(p, y), "accuracy": accuracy(p, y),
+            "fit_log_loss": fit_ll, "note": note}
+
+
+def _choose_clip(chosen_oof, y, clip, clip_grid):
+    if isinstance(clip, str):
+        if clip != "auto":
+            raise ValueError(f"Invalid clip. Received: clip={clip!r}; expected 'auto' or a number in [0, 0.5).")
+        return choose_clip(chosen_oof, y, clip_grid)
+    clip_probabilities(chosen_oof[:1], float(clip))  # validates the range
+    return float(clip), {}
+
+
 def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> EnsembleResult:
     names = oof.member_names
     y = np.asarray(oof.labels, dtype=np.int64)
-    n_classes = oof.n_classes
     probs = [np.asarray(oof.oof[n], dtype=np.float64) for n in names]
     if any(np.isnan(p).any() for p in probs):
         raise ValueError("OOF predictions contain NaN (an incomplete OOF file?); refit the members.")
     n_folds = int(oof.info.get("folds", int(np.max(oof.folds)) + 1))
     splits = _cv_splits(y, max(2, n_folds), random_state + 1)
-
-    scores = []
-    for name, p in zip(names, probs):
-        ll = log_loss(p, y)
-        scores.append({"name": name, "kind": "member", "log_loss": ll, "cv_log_loss": ll,
-                       "accuracy": accuracy(p, y), "note": "+".join(_member(oof, name)["backbones"])})
-    weights = fit_blend(probs, y)
-    stacker = fit_stacker(probs, y, n_classes, stack_C) if len(np.unique(y)) >= 2 else None
-    oof_by_method = {
-        "mean": np.mean(probs, axis=0),
-        "blend": _combine("blend", probs, weights, None, n_classes),
-        "stack": _nested_stack(probs, y, splits, n_classes, stack_C),
-    }
-    nested_blend = _nested_blend(probs, y, splits)
-    stack_in_sample = apply_stacker(stacker, probs, n_classes) if stacker else oof_by_method["mean"]
-    rows = {
-        "mean": (oof_by_method["mean"], log_loss(oof_by_method["mean"], y), "equal weights"),
-        "blend": (oof_by_method["blend"], log_loss(nested_blend, y),
-                  "weights " + ", ".join(f"{n}={w:.3f}" for n, w in zip(names, weights))),
-        "stack": (oof_by_method["stack"], log_loss(oof_by_method["stack"], y),
-                  "logistic regression; log_loss in-sample " f"{log_loss(stack_in_sample, y):.5f}"),
-    }
-    for name, (p, cv_ll, note) in rows.items():
-        # stacker: log_loss *is* its nested-CV score (in-sample is only in the note)
-        scores.append({"name": name, "kind": "ensemble", "log_loss": log_loss(p, y), "cv_log_loss": cv_ll,
-                       "accuracy": accuracy(p, y), "note": note})
+    rows, weights, stacker = _fit_all(probs, y, oof.n_classes, splits, stack_C, names)
+    scores = [_score_row(n, "member", p, y, None, "+".join(_member(oof, n)["backbones"])) for n, p in zip(names, probs)]
+    scores += [_score_row(n, "ensemble", p, y, fit_ll, note) for n, (p, fit_ll, note) in rows.items()]
     if method == "auto":
         order = ("mean", "blend", "stack")
-        cv = {r["name"]: r["cv_log_loss"] for r in scores if r["kind"] == "ensemble"}
-        method = min(order, key=lambda m: (round(cv[m], 10), order.index(m)))
+        ll = {r["name"]: r["log_loss"] for r in scores if r["kind"] == "ensemble"}
+        method = min(order, key=lambda m: (round(ll[m], 10), order.index(m)))
     if method == "stack" and stacker is None:
         raise ValueError("method='stack' needs at least two classes in the OOF labels.")
-    chosen_oof = oof_by_method[method]
-    if isinstance(clip, str):
-        if clip != "auto":
-            raise ValueError(f"Invalid clip. Received: clip={clip!r}; expected 'auto' or a number in [0, 0.5).")
-        eps, clip_losses = choose_clip(chosen_oof, y, clip_grid)
-    else:
-        eps, clip_losses = float(clip), {}
-        clip_probabilities(chosen_oof[:1], eps)  # validates the range
+    oof_by_method = {n: p for n, (p, _, _) in rows.items()}
+    eps, clip_losses = _choose_clip(oof_by_method[method], y, clip, clip_grid)
     for row in scores:
-        p = oof_by_method.get(row["name"]) if row["kind"] == "ensemble" else oof.oof[row["name"]]
+        p = oof_by_method[row["name"]] if row["kind"] == "ensemble" else oof.oof[row["name"]]
         row["clipped_log_loss"] = log_loss(clip_probabilities(p, eps), y)
-
     result = EnsembleResult(
-        class_names=tuple(oof.class_names),
-        members=list(names),
-        method=method,
-        clip=eps,
-        clip_losses=clip_losses,
-        scores=scores,
-        weights={n: float(w) for n, w in zip(names, weights)},
-        stacker=stacker or {},
-        prior=oof.prior,
-        oof_proba=chosen_oof,
+        class_names=tuple(oof.class_names), members=list(names), method=method, clip=eps,
+        clip_losses=clip_losses, scores=scores, weights={n: float(w) for n, w in zip(names, weights)},
+        stacker=stacker or {}, prior=oof.prior, oof_proba=oof_by_method[method], oof_by_method=oof_by_method,
     )
     if oof.test:
         result.test_proba = result.combine(oof.test)
@@ -349,3 +368,15 @@ def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> Ense
 
 def _member(oof: OOFPredictions, name: str) -> dict:
     return next(m for m in oof.members if m["name"] == name)
+
+
+def save_chosen_oof(oof: OOFPredictions, result: EnsembleResult, path) -> OOFPredictions:
+    """Store each ensembler's OOF probabilities and the chosen method in the OOF file ``path``.
+
+    What a report or a notebook reads to analyse the chosen ensemble's errors without
+    refitting it (:attr:`OOFPredictions.ensembles`, :attr:`OOFPredictions.chosen`).
+    """
+    oof.ensembles = {name: np.asarray(p, dtype=np.float64) for name, p in result.oof_by_method.items()}
+    oof.chosen = result.method
+    oof.save(path)
+    return oof

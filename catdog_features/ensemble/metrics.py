@@ -34,16 +34,56 @@ def clip_probabilities(probs, eps: float) -> np.ndarray:
     return clipped
 
 
-def log_loss(probs, y) -> float:
-    """Mean negative log probability of the true class (probabilities floored at 1e-15)."""
+def row_log_loss(probs, y) -> np.ndarray:
+    """Log loss of each row: ``-log p(true class)`` (rows renormalised, floored at 1e-15)."""
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     p = probs[np.arange(len(y)), y] / probs.sum(axis=1)
-    return float(-np.mean(np.log(np.clip(p, TINY, 1.0))))
+    return -np.log(np.clip(p, TINY, 1.0))
+
+
+def log_loss(probs, y) -> float:
+    """Mean negative log probability of the true class (probabilities floored at 1e-15)."""
+    return float(np.mean(row_log_loss(probs, y)))
 
 
 def accuracy(probs, y) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == np.asarray(y)))
+
+
+class ConstantPredictionsWarning(UserWarning):
+    """An ensemble predicts (nearly) the same probabilities for every image.
+
+    The usual cause is features that do not vary (e.g. a randomly initialised backbone
+    whose pooled vectors are constant at a small input size): the scores and the
+    submission then mean nothing.
+    """
+
+
+#: Predictions whose largest per-class range over the rows is below this count as constant.
+CONSTANT_SPREAD = 1e-4
+
+
+def prediction_spread(probs) -> float:
+    """Largest per-class range (max - min over the rows) of a probability matrix (0 for < 2 rows)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) < 2:
+        return 0.0
+    return float(np.max(np.ptp(probs, axis=0)))
+
+
+def constant_predictions_message(probs, what: str, tol: float = CONSTANT_SPREAD):
+    """A warning text when ``probs`` (at least 2 rows) are near constant, else None."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) < 2:
+        return None
+    spread = prediction_spread(probs)
+    if spread >= tol:
+        return None
+    first = ", ".join(f"{v:.6g}" for v in probs[0])
+    return (f"the {what} are (nearly) constant: every one of {len(probs)} rows is about [{first}] "
+            f"(largest per-class range {spread:.3g} < {tol:g}); the features probably do not vary "
+            "(e.g. a random-init backbone at a small image size), so these scores and predictions mean nothing")
 
 
 def choose_clip(oof_probs, y, grid: Sequence[float] = CLIP_GRID):

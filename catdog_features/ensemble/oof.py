@@ -151,6 +151,12 @@ class OOFPredictions:
         :func:`oof_key` of what produced this.
     info : dict
         ``folds``, ``random_state``, fit durations per member, ...
+    ensembles : dict of str -> ndarray (n, n_classes)
+        Ensembler name (mean, blend, stack) -> its OOF probabilities, the ones its scores
+        were computed on (nested CV for the fitted ones); written by
+        :func:`~catdog_features.ensemble.combine.save_chosen_oof`. Empty until then.
+    chosen : str or None
+        The ensembler the run chose (a key of ``ensembles``).
     """
 
     ids: np.ndarray
@@ -164,6 +170,8 @@ class OOFPredictions:
     test_failed: List[tuple] = field(default_factory=list)
     key: str = ""
     info: dict = field(default_factory=dict)
+    ensembles: Dict[str, np.ndarray] = field(default_factory=dict)
+    chosen: Optional[str] = None
 
     @property
     def member_names(self) -> List[str]:
@@ -178,6 +186,11 @@ class OOFPredictions:
         """Training class frequencies (the prediction for unreadable test images)."""
         counts = np.bincount(self.labels, minlength=self.n_classes).astype(np.float64)
         return counts / counts.sum()
+
+    @property
+    def chosen_proba(self) -> Optional[np.ndarray]:
+        """OOF probabilities of the chosen ensembler, or None when none was stored."""
+        return self.ensembles.get(self.chosen) if self.chosen is not None else None
 
     def save(self, path) -> Path:
         """Write to HDF5 (via a temporary file, then rename)."""
@@ -203,6 +216,10 @@ class OOFPredictions:
                 g.create_dataset("oof", data=np.asarray(self.oof[name], dtype=np.float64))
                 if name in self.test:
                     g.create_dataset("test", data=np.asarray(self.test[name], dtype=np.float64))
+            for name, probs in self.ensembles.items():
+                f.create_dataset(f"ensembles/{name}", data=np.asarray(probs, dtype=np.float64))
+            if self.chosen is not None:
+                f.attrs["chosen"] = str(self.chosen)
             f.flush()
         return path
 
@@ -232,6 +249,8 @@ class OOFPredictions:
                 test_failed=[tuple(t) for t in json.loads(f.attrs["test_failed"])],
                 key=str(f.attrs["key"]),
                 info=json.loads(f.attrs["info"]),
+                ensembles={n: f[f"ensembles/{n}"][()] for n in f["ensembles"]} if "ensembles" in f else {},
+                chosen=str(f.attrs["chosen"]) if "chosen" in f.attrs else None,
             )
 
 

@@ -2,8 +2,9 @@
 
 Every key, its type and default (DESIGN.md "Run config", plus the documented extras marked
 *extra*). Relative paths are relative to the config file (``--set`` overrides: to the
-current directory). An unknown key or a bad value is a ``ValueError`` naming the key, e.g.
-``[sweep] max_evls: unknown key; expected one of max_evals, search_backbones, ...``.
+current directory). An unknown key or a bad value is a :class:`ConfigError` naming the file
+(or the ``--set`` item) and the key, e.g. ``experiments/x.toml: [sweep] max_evls: unknown
+key; expected one of max_evals, search_backbones, ...``.
 
 ``[data]``
     ``train`` (required) folder: Kaggle flat, folder-per-class, or with a labels.csv;
@@ -12,10 +13,11 @@ current directory). An unknown key or a bad value is a ``ValueError`` naming the
 ``[extract]``
     ``backbones`` (list, default ResNet50, InceptionV3, Xception); ``weights``:
     ``"imagenet"`` | ``"none"`` | a weights-file path | a table backbone -> path (or
-    ``"imagenet"``/``"none"``); ``image_size`` (0 = native); ``batch_size`` (32);
-    ``cache_dir`` ("features_cache").
+    ``"imagenet"``/``"none"``); ``image_size`` (0 = native, at most 2048); ``batch_size``
+    (32, at most 4096); ``cache_dir`` ("features_cache"); *extra*: ``allow_outside``
+    (false): see "Where a run may write" below.
 ``[sweep]``
-    ``max_evals`` (100); ``search_backbones`` (true); *extra*: ``seed`` (0), ``cv``
+    ``max_evals`` (100, at least 1); ``search_backbones`` (true); *extra*: ``seed`` (0), ``cv``
     (0 = one hold-out split, k >= 2 = k-fold), ``validation_split`` (0.2), ``epochs`` and
     ``patience`` (fixed head settings; default: the search space's), and a ``[sweep.space]``
     table overriding entries of the reference search space, one DenseHead parameter per
@@ -23,31 +25,50 @@ current directory). An unknown key or a bad value is a ``ValueError`` naming the
     ``{uniform = [lo, hi]}``, ``{quniform = [lo, hi, q]}``, ``{qloguniform = [lo, hi, q]}``,
     ``{choice = [a, b, ...]}``.
 ``[ensemble]``
-    ``folds`` (5); ``top_k`` (5) distinct best trials as members; ``method``
-    (``auto`` | ``blend`` | ``stack`` | ``mean``); ``clip`` (``"auto"`` or a number in
-    [0, 0.5)); *extra*: ``seed`` (0) of the folds.
+    ``folds`` (5, 2 to 100); ``top_k`` (5, 1 to 100) distinct best trials as members;
+    ``method`` (``auto`` | ``blend`` | ``stack`` | ``mean``); ``clip`` (``"auto"`` or a
+    number in [0, 0.5)); *extra*: ``seed`` (0) of the folds.
 ``[output]``
     ``dir`` (default ``runs/<config file stem>``): the run folder (see :mod:`catdog_features.run.rundir`);
-    *extra*: ``report`` (true): write the report at the end (if :mod:`catdog_features.report` exists).
+    *extra*: ``report`` (true): write the report at the end; ``allow_outside`` (false).
+
+Where a run may write
+    The two folders a run writes into, ``[output] dir`` and ``[extract] cache_dir``, must
+    lie inside the config's *project folder*: the folder above the one holding the config
+    file (configs live in a project's ``experiments/`` folder and address ``../runs``,
+    ``../features_cache``, as the shipped ones do). A path written in the file that leaves it
+    (``dir = "../../../etc"``) is refused unless that section says ``allow_outside = true``;
+    a ``--set`` override is the user's explicit choice and is not restricted.
+    :func:`check_paths` also refuses an output folder that already holds files but is not a
+    run folder. Input paths (``[data]``, weights files) are only read and may be anywhere.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
+from catdog_features.run.overrides import apply_overrides, override_keys, read_toml
+from catdog_features.run.paths import is_inside
+from catdog_features.run.rundir import RunDir
+from catdog_features.run.values import METHODS, ConfigError, plain as _plain  # noqa: F401  (METHODS: public here too)
+from catdog_features.run.values import (  # local short names, as the schema below uses them
+    BadValue as _Bad, backbones_value as _backbones, bool_value as _bool, clip_value as _clip, float_value as _float,
+    int_value as _int, method_value as _method, optional_path as _optional_path, path_value as _path,
+    weights_value as _weights, where as _where,
+)
 
-METHODS = ("auto", "blend", "stack", "mean")
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "qloguniform", "choice")
 DEFAULT_BACKBONES = ("ResNet50", "InceptionV3", "Xception")
+#: Upper bounds of numeric settings: larger values only fail later, out of memory.
+MAX_IMAGE_SIZE = 2048
+MAX_BATCH_SIZE = 4096
+MAX_EVALS = 100_000
+MAX_FOLDS = 100
+MAX_TOP_K = 100
+MAX_SEED = 2**32 - 1  # numpy / scikit-learn seeds
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,15 @@ class ExtractConfig:
     image_size: Optional[int] = None
     batch_size: int = 32
     cache_dir: Path = Path("features_cache")
+    allow_outside: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON form: weights as written in a config (``"none"``), paths as strings."""
+        from catdog_features.features.backbones import weights_to_text
+
+        return {"backbones": list(self.backbones), "weights": _plain(weights_to_text(self.weights)),
+                "image_size": self.image_size, "batch_size": self.batch_size, "cache_dir": str(self.cache_dir),
+                "allow_outside": self.allow_outside}
 
 
 @dataclass(frozen=True)
@@ -98,134 +128,32 @@ class EnsembleConfig:
 class OutputConfig:
     dir: Path
     report: bool = True
+    allow_outside: bool = False
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A validated run config; every path is absolute."""
+    """A validated run config; every path is absolute.
+
+    ``sweep`` is None for a run whose trials come from an existing trials file
+    (``catdog-features ensemble --trials FILE``).
+    """
 
     data: DataConfig
     extract: ExtractConfig
-    sweep: SweepConfig
+    sweep: Optional[SweepConfig]
     ensemble: EnsembleConfig
     output: OutputConfig
     source: Optional[Path] = None  # the TOML file it came from
 
     def to_dict(self) -> dict:
-        """JSON-able form (paths as strings, None kept), e.g. for the run manifest."""
-
-        def plain(value):
-            if isinstance(value, Path):
-                return str(value)
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            return value
-
-        return {name: plain(asdict(getattr(self, name))) for name in ("data", "extract", "sweep", "ensemble", "output")} | {
+        """JSON-able form (paths as strings, None kept): the run manifest's ``config``."""
+        out = {name: None if getattr(self, name) is None else _plain(asdict(getattr(self, name)))
+               for name in ("data", "sweep", "ensemble", "output")}
+        out["extract"] = self.extract.to_dict()
+        return {k: out[k] for k in ("data", "extract", "sweep", "ensemble", "output")} | {
             "source": None if self.source is None else str(self.source)
         }
-
-
-# --------------------------------------------------------------------------- validators
-class _Bad(ValueError):
-    """A bad value; the caller prefixes the key."""
-
-
-def _where(section: str, key: str) -> str:
-    return f"[{section}] {key}"
-
-
-def _int(value, minimum: int, what: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _Bad(f"received {value!r}; expected an integer >= {minimum}{what}")
-    return value
-
-
-def _float(value, low: float, high: float, what: str = "in") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low < value < high:
-        raise _Bad(f"received {value!r}; expected a number {what} ({low}, {high})")
-    return float(value)
-
-
-def _bool(value) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"received {value!r}; expected true or false")
-    return value
-
-
-def _str(value) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"received {value!r}; expected a string")
-    return value
-
-
-def _path(value, base: Path) -> Path:
-    text = _str(value).strip()
-    if not text:
-        raise _Bad("received an empty string; expected a path")
-    path = Path(os.path.expanduser(text))
-    return path if path.is_absolute() else (base / path).resolve()
-
-
-def _optional_path(value, base: Path) -> Optional[Path]:
-    return None if _str(value).strip() == "" else _path(value, base)
-
-
-def _backbones(value) -> Tuple[str, ...]:
-    from catdog_features.features.backbones import parse_backbones
-
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
-        raise _Bad(f"received {value!r}; expected a non-empty list of backbone names such as [\"ResNet50\", \"Xception\"]")
-    try:
-        return parse_backbones(value)
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
-
-
-def _weights(value, base: Path, backbones: Sequence[str]):
-    from catdog_features.features.backbones import parse_weights, weights_kind
-
-    if not isinstance(value, (str, dict)):
-        raise _Bad(f"received {value!r}; expected \"imagenet\", \"none\", a weights-file path or a table backbone = path")
-    try:
-        spec = parse_weights(value, base_dir=base)
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
-
-    def as_path(w):  # file paths as resolved Paths, like every other path of the config
-        return Path(w).resolve() if weights_kind(w) == "file" else w
-
-    if isinstance(spec, dict):
-        for name in spec:
-            if name not in backbones:
-                raise _Bad(f"has an entry for {name!r}, which is not in [extract] backbones {list(backbones)}")
-        return {name: as_path(w) for name, w in spec.items()}
-    if weights_kind(spec) == "file" and len(backbones) != 1:
-        raise _Bad(
-            f"received one weights file {value!r} for {len(backbones)} backbones; expected a table "
-            "such as {ResNet50 = \"resnet.h5\", Xception = \"xception.h5\"}"
-        )
-    return as_path(spec)
-
-
-def _clip(value):
-    if isinstance(value, str):
-        if value != "auto":
-            raise _Bad(f"received {value!r}; expected \"auto\" or a number in [0, 0.5)")
-        return "auto"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 0.5:
-        raise _Bad(f"received {value!r}; expected \"auto\" or a number in [0, 0.5)")
-    return float(value)
-
-
-def _method(value):
-    if value not in METHODS:
-        raise _Bad(f"received {value!r}; expected one of {', '.join(METHODS)}")
-    return value
 
 
 def head_param_names() -> Tuple[str, ...]:
@@ -313,12 +241,13 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
         "extract": {
             "backbones": (_backbones, DEFAULT_BACKBONES),
             "weights": (lambda v: _weights(v, base, backbones), "imagenet"),
-            "image_size": (lambda v: _int(v, 0, " (0: each backbone's native size)") or None, None),
-            "batch_size": (lambda v: _int(v, 1), 32),
+            "image_size": (lambda v: _int(v, 0, " (0: each backbone's native size)", maximum=MAX_IMAGE_SIZE) or None, None),
+            "batch_size": (lambda v: _int(v, 1, maximum=MAX_BATCH_SIZE), 32),
             "cache_dir": (lambda v: _path(v, base), base / "features_cache"),
+            "allow_outside": (_bool, False),
         },
         "sweep": {
-            "max_evals": (lambda v: _int(v, 0), 100),
+            "max_evals": (lambda v: _int(v, 1, maximum=MAX_EVALS), 100),
             "search_backbones": (_bool, True),
             "seed": (lambda v: _int(v, 0), 0),
             "cv": (lambda v: None if v == 0 else _int(v, 2, " (or 0 for one hold-out split)"), None),
@@ -328,130 +257,128 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "space": (None, {}),  # validated per entry below
         },
         "ensemble": {
-            "folds": (lambda v: _int(v, 2), 5),
-            "top_k": (lambda v: _int(v, 1), 5),
+            "folds": (lambda v: _int(v, 2, maximum=MAX_FOLDS), 5),
+            "top_k": (lambda v: _int(v, 1, maximum=MAX_TOP_K), 5),
             "method": (_method, "auto"),
             "clip": (_clip, "auto"),
-            "seed": (lambda v: _int(v, 0), 0),
+            "seed": (lambda v: _int(v, 0, maximum=MAX_SEED), 0),
         },
         "output": {
             "dir": (lambda v: _path(v, base), None),
             "report": (_bool, True),
+            "allow_outside": (_bool, False),
         },
     }
 
 
 _REQUIRED = object()
 _CLASSES = {"data": DataConfig, "extract": ExtractConfig, "sweep": SweepConfig, "ensemble": EnsembleConfig, "output": OutputConfig}
+#: The folders a run writes into: (section, key); each section's ``allow_outside`` lifts the check.
+WRITE_PATHS = (("output", "dir"), ("extract", "cache_dir"))
 
 
-def parse_config(raw: Mapping[str, Any], base_dir=".", name: str = "run") -> RunConfig:
-    """Validate a config mapping (as read from TOML); relative paths resolve against ``base_dir``.
+class _Errors:
+    """Words every error of one parse: ``<file or --set item>: [section] key: problem``."""
 
-    Raises
-    ------
-    ValueError
-        For an unknown section or key, a missing required key, or a bad value; the message
-        starts with ``[section] key:``.
-    """
-    base = Path(base_dir).expanduser().resolve()
-    schema = _schema(base, raw)
-    unknown = [s for s in raw if s not in schema]
-    if unknown:
-        raise ValueError(f"[{unknown[0]}]: unknown section; expected one of " + ", ".join(f"[{s}]" for s in schema))
-    values: Dict[str, Dict[str, Any]] = {}
-    for section, keys in schema.items():
-        table = raw.get(section, {})
-        if not isinstance(table, dict):
-            raise ValueError(f"[{section}]: received {table!r}; expected a table")
-        for key in table:
-            if key not in keys:
-                raise ValueError(f"{_where(section, key)}: unknown key; expected one of {', '.join(keys)}")
-        out = {}
-        for key, (validate, default) in keys.items():
-            if key not in table:
-                if default is _REQUIRED:
-                    raise ValueError(f"{_where(section, key)}: missing; this key is required")
-                out[key] = default
-                continue
-            if validate is None:
-                continue
+    def __init__(self, source, explicit: Mapping[Tuple[str, str], str]):
+        self.source = None if source is None else str(source)
+        self.explicit = explicit
+
+    def __call__(self, section: str, key: Optional[str], problem: str) -> ConfigError:
+        origin = (self.explicit.get((section, key)) if key else None) or self.source
+        where = f"[{section}] {key}" if key else f"[{section}]"
+        return ConfigError(f"{origin + ': ' if origin else ''}{where}: {problem}", source=origin, section=section,
+                           key=key or "")
+
+
+def _parse_section(section: str, keys, table, error: _Errors) -> Dict[str, Any]:
+    if not isinstance(table, dict):
+        raise error(section, None, f"received {table!r}; expected a table")
+    for key in table:
+        if key not in keys:
+            raise error(section, key, f"unknown key; expected one of {', '.join(keys)}")
+    out = {}
+    for key, (validate, default) in keys.items():
+        if key not in table:
+            if default is _REQUIRED:
+                raise error(section, key, "missing; this key is required")
+            out[key] = default
+        elif validate is not None:
             try:
                 out[key] = validate(table[key])
             except _Bad as exc:
-                raise ValueError(f"{_where(section, key)}: {exc}") from None
-        values[section] = out
+                raise error(section, key, str(exc)) from None
+    return out
 
-    space = raw.get("sweep", {}).get("space", {})
+
+def _parse_space(space, error: _Errors) -> Dict[str, Any]:
     if not isinstance(space, dict):
-        raise ValueError(f"[sweep] space: received {space!r}; expected a table [sweep.space]")
+        raise error("sweep", "space", f"received {space!r}; expected a table [sweep.space]")
     allowed = head_param_names()
     checked = {}
     for key, value in space.items():
         if key not in allowed:
-            raise ValueError(
-                f"[sweep.space] {key}: unknown key; expected DenseHead parameters: {', '.join(allowed)} "
-                "(the backbones are chosen by [extract] backbones + [sweep] search_backbones)"
-            )
+            raise error("sweep.space", key, f"unknown key; expected DenseHead parameters: {', '.join(allowed)} "
+                        "(the backbones are chosen by [extract] backbones + [sweep] search_backbones)")
         try:
             checked[key] = _space_entry(value)
         except _Bad as exc:
-            raise ValueError(f"[sweep.space] {key}: {exc}") from None
-    values["sweep"]["space"] = checked
+            raise error("sweep.space", key, str(exc)) from None
+    return checked
+
+
+def project_folder(base_dir) -> Path:
+    """Where the write paths of a config in ``base_dir`` must stay: the folder above it."""
+    return Path(base_dir).expanduser().resolve().parent
+
+
+def _check_write_paths(values, base: Path, error: _Errors) -> None:
+    root = project_folder(base)
+    for section, key in WRITE_PATHS:
+        path = values[section][key]
+        if values[section]["allow_outside"] or (section, key) in error.explicit or is_inside(path, root):
+            continue
+        raise error(section, key, f"{str(path)!r} is outside the project folder {str(root)!r} (the folder above "
+                    "the config file's); expected a path inside it, or set allow_outside = true in "
+                    f"[{section}] (or pass --set {section}.{key}=PATH) if a folder elsewhere is really meant")
+
+
+def parse_config(raw: Mapping[str, Any], base_dir=".", name: str = "run", *, source=None,
+                 explicit: Mapping[Tuple[str, str], str] = None) -> RunConfig:
+    """Validate a config mapping (as read from TOML); relative paths resolve against ``base_dir``.
+
+    Parameters
+    ----------
+    raw : mapping
+    base_dir : path
+        The config file's folder.
+    name : str
+        Default run folder name (``runs/<name>``).
+    source : path, optional
+        The file ``raw`` came from, named in every error.
+    explicit : mapping (section, key) -> str, optional
+        Keys given on the command line -> how (``"--set output.dir=x"``, ``"--out x"``):
+        named instead of the file in errors, and exempt from the write-path check (see the
+        module docstring).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown section or key, a missing required key, or a bad value; the message
+        names the file (or ``--set`` item) and starts the rest with ``[section] key:``.
+    """
+    base = Path(base_dir).expanduser().resolve()
+    error = _Errors(source, dict(explicit or {}))
+    schema = _schema(base, raw)
+    unknown = [s for s in raw if s not in schema]
+    if unknown:
+        raise error(unknown[0], None, "unknown section; expected one of " + ", ".join(f"[{s}]" for s in schema))
+    values = {section: _parse_section(section, keys, raw.get(section, {}), error) for section, keys in schema.items()}
+    values["sweep"]["space"] = _parse_space(raw.get("sweep", {}).get("space", {}), error)
     if values["output"]["dir"] is None:
         values["output"]["dir"] = base / "runs" / name
-    return RunConfig(**{s: _CLASSES[s](**v) for s, v in values.items()})
-
-
-def _parse_value(text: str):
-    """A ``--set`` value: a TOML literal (``4``, ``true``, ``["A", "B"]``) or else a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-_PATH_KEYS = {("data", "train"), ("data", "labels_csv"), ("data", "test"), ("data", "sample_submission"),
-              ("extract", "cache_dir"), ("output", "dir")}
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """Apply ``section.key=value`` overrides (``sweep.space.lr=0.005`` for nested tables).
-
-    Relative paths given this way are relative to the current directory.
-    """
-    import copy
-
-    raw = copy.deepcopy(dict(raw))
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. sweep.max_evals=10")
-        dotted, text = item.split("=", 1)
-        parts = [p.strip() for p in dotted.split(".")]
-        if len(parts) < 2 or not all(parts):
-            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. sweep.max_evals=10")
-        value = _parse_value(text.strip())
-        if tuple(parts) in _PATH_KEYS and isinstance(value, str) and value.strip():
-            value = os.path.abspath(os.path.expanduser(value))
-        table = raw
-        for part in parts[:-1]:
-            table = table.setdefault(part, {})
-            if not isinstance(table, dict):
-                raise ValueError(f"--set {item!r}: {part!r} is not a table")
-        table[parts[-1]] = value
-    return raw
-
-
-def read_toml(path) -> Dict[str, Any]:
-    """Read a TOML file; syntax errors become ``ValueError`` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file not found. Received: {str(path)!r}.")
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    _check_write_paths(values, base, error)
+    return RunConfig(**{s: _CLASSES[s](**v) for s, v in values.items()}, source=None if source is None else Path(source))
 
 
 def load_config(path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -470,12 +397,20 @@ def load_config(path, overrides: Sequence[str] = ()) -> RunConfig:
     """
     path = Path(path).expanduser().resolve()
     raw = apply_overrides(read_toml(path), overrides)
-    config = parse_config(raw, base_dir=path.parent, name=path.stem)
-    return RunConfig(config.data, config.extract, config.sweep, config.ensemble, config.output, source=path)
+    return parse_config(raw, base_dir=path.parent, name=path.stem, source=path, explicit=override_keys(overrides))
 
 
 def check_paths(config: RunConfig) -> None:
-    """Raise ``FileNotFoundError`` naming the key of any input path that does not exist."""
+    """Raise naming the file and key of an input path that does not exist or an unusable output folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        A ``[data]`` folder/file or a weights file does not exist.
+    ConfigError
+        ``[output] dir`` exists but is not a run folder (it would be written into).
+    """
+    origin = f"{config.source}: " if config.source is not None else ""
     items = [("data", "train", config.data.train, True), ("data", "test", config.data.test, True),
              ("data", "labels_csv", config.data.labels_csv, False),
              ("data", "sample_submission", config.data.sample_submission, False)]
@@ -484,8 +419,10 @@ def check_paths(config: RunConfig) -> None:
         if isinstance(w, Path):
             items.append(("extract", "weights" if name == "weights" else f"weights.{name}", w, False))
     for section, key, path, is_dir in items:
-        if path is None:
-            continue
-        if not (path.is_dir() if is_dir else path.is_file()):
+        if path is not None and not (path.is_dir() if is_dir else path.is_file()):
             kind = "folder" if is_dir else "file"
-            raise FileNotFoundError(f"{_where(section, key)}: {kind} not found: {str(path)!r}")
+            raise FileNotFoundError(f"{origin}{_where(section, key)}: {kind} not found: {str(path)!r}")
+    problem = RunDir(config.output.dir).unusable()
+    if problem:
+        raise ConfigError(f"{origin}[output] dir: {str(config.output.dir)!r} {problem}", source=origin.rstrip(": ") or None,
+                          section="output", key="dir")

@@ -4,44 +4,39 @@ Layout of a run folder (every name is a constant below; paths in JSON files are 
 to the run folder unless they point outside it, e.g. the feature cache)::
 
     RUN_DIR/
-      manifest.json          what ran and what it produced (MANIFEST): format tag, created_at /
-                             updated_at, the resolved config ("config", JSON form of
-                             config.RunConfig, or the command's arguments), per-stage records
-                             "stages": {"extract", "sweep", "oof", "ensemble", "submission",
-                             "report"} each with "status" ("done" | "reused" | "skipped"),
-                             "seconds" and stage details (cache hits, trial counts, best loss,
-                             chosen method, clip, ...), "outputs": name -> relative path of each
-                             file listed here that exists, "notes" (list of str), and
+      manifest.json          what ran and what it produced (MANIFEST), one shape for every
+                             command: format tag, created_at / updated_at, "command" ("run",
+                             "ensemble" or "demo"), "config" (config.RunConfig.to_dict(): the
+                             sections data, extract, sweep (null when the trials came from a
+                             given file), ensemble, output, and "source"), "overrides" (--set
+                             items), per-stage records "stages": {"extract", "sweep", "oof",
+                             "ensemble", "submission", "report"} each with "status" ("done" |
+                             "reused" | "skipped" | ...), "seconds" and stage details
+                             (extract: per-backbone dim, images/s, bytes on disk, failures;
+                             sweep: the trials file, trial counts, best loss; ensemble: the
+                             chosen method, clip and scores; ...), "outputs": name -> relative
+                             path of each file listed here that exists, "notes" (list of str),
                              "versions" (python, catdog-features, numpy, scikit-learn,
-                             tensorflow, keras, hyperopt).
+                             tensorflow, keras, hyperopt, h5py) and "seconds".
       config.toml            the config file as given to `run` (CONFIG_COPY; --set overrides are
-                             in manifest.json["config"]).
-      trials.sqlite          the Hyperopt sweep's trials (TRIALS; search.TrialStore format:
-                             resumable; read with search.TrialStore(path).load()).
-      oof.h5                 out-of-fold + test probabilities per member (OOF;
-                             ensemble.OOFPredictions.load): ids, labels, fold per row,
-                             class_names, members/<name>/oof (n, n_classes),
-                             members/<name>/test (m, n_classes), test_ids, member configs,
-                             failed test images, and the key it was computed for.
+                             in manifest.json["overrides"]).
+      trials.sqlite          the Hyperopt sweep's trials (TRIALS; owner: search.trials, read
+                             with search.read_trials(path)). `ensemble --trials FILE` records
+                             where its trials file is instead (manifest stages.sweep.trials).
+      oof.h5                 out-of-fold + test probabilities per member and the ensemblers'
+                             OOF probabilities with the chosen one (OOF; owner:
+                             ensemble.OOFPredictions).
       models/<member>/fold<k>.keras  the K fold heads of each member (MODELS; DenseHead.save,
-                             each with a JSON sidecar fold<k>.keras.json). Their mean is the
-                             member's test prediction; `predict` reuses them on new images.
-      ensemble.json          the fitted ensemble (ENSEMBLE): "extraction" (backbones, weights,
-                             image_size, batch_size, cache_dir: what `predict` needs to extract
-                             features of new images), "members" (configs: name, params,
-                             backbones, trial, sweep_loss), "models" (member -> fold model
-                             paths), "ensemble" (ensemble.EnsembleResult.to_dict(): method,
-                             weights, stacker coefficients, clip, clip_losses, scores table,
-                             prior, class_names), "oof_key", "test_failed" ([id, path, reason]).
-      scores.txt             the score table printed at the end of the ensemble stage (SCORES):
-                             each member's and ensembler's OOF log loss and accuracy.
+                             each with a JSON sidecar fold<k>.keras.json; listed by
+                             RunDir.fold_models). Their mean is the member's test prediction.
+      ensemble.json          the fitted ensemble (ENSEMBLE; owner: run.saved.SavedEnsemble).
+      scores.txt             the score table printed at the end of the ensemble stage (SCORES).
       test_predictions.csv   the chosen ensemble's unclipped test probabilities (TEST_PREDICTIONS;
                              id,<class names>, readable with submission.read_probabilities).
       submission.csv         the Kaggle submission, clipped (SUBMISSION).
       report/                figures, CSV tables and report.md written by
-                             catdog_features.report.write_report (REPORT), if that module exists
-                             and [output] report is true.
-      report.html            the report's HTML page (REPORT_HTML; same condition).
+                             catdog_features.report.write_report (REPORT).
+      report.html            the report's HTML page (REPORT_HTML).
 
 Nothing here is pickled; every file is HDF5, SQLite, Keras' own format, JSON, TOML or CSV.
 """
@@ -50,11 +45,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from catdog_features._io import write_json
+from catdog_features.run.paths import PathEscapeError
 
 #: Format tag of manifest.json.
 FORMAT = "catdog-features-run/1"
@@ -69,6 +66,8 @@ TEST_PREDICTIONS = "test_predictions.csv"
 SUBMISSION = "submission.csv"
 REPORT = "report"
 REPORT_HTML = "report.html"
+#: Feature cache `predict` uses when the run's own cache is outside the run folder (run.predict).
+LOCAL_CACHE = "features_cache"
 
 #: output name -> file/folder name, in pipeline order (what "outputs" in the manifest lists).
 OUTPUTS = {
@@ -83,6 +82,15 @@ OUTPUTS = {
     "report": REPORT,
     "report_html": REPORT_HTML,
 }
+
+
+_FOLD = re.compile(r"^fold(\d+)\.keras$")
+
+
+def is_run_entry(name: str) -> bool:
+    """Whether a name in a folder is one a run folder holds (an output, its side files, backups, temporaries)."""
+    names = (*OUTPUTS.values(), MANIFEST, LOCAL_CACHE)
+    return name.startswith(".") or any(name.startswith(n) or name.startswith(Path(n).stem + ".") for n in names)
 
 
 def _now() -> str:
@@ -132,6 +140,41 @@ class RunDir:
         """``models/<member>/fold<k>.keras``."""
         return self.models / member / f"fold{fold}.keras"
 
+    def fold_models(self, member: str) -> List[Path]:
+        """The fold models saved for ``member``, in fold order (``[]`` when there are none).
+
+        ``member`` is a name read from a file (ensemble.json, oof.h5): one that leads out of
+        ``models/`` (``"../x"``) is a :class:`~catdog_features.run.paths.PathEscapeError`.
+        """
+        folder = self.models / member
+        if folder.resolve().parent != self.models.resolve():
+            raise PathEscapeError(f"{self.models}: member name {member!r} is not a folder of models/; expected a "
+                                  "plain name such as 't3'.")
+        if not folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _FOLD.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def trials_path(self) -> Path:
+        """The run's trials file: ``trials.sqlite``, or the file ``ensemble --trials`` recorded."""
+        given = (self.read_manifest().get("stages", {}).get("sweep") or {}).get("trials")
+        return self.resolve(given) if given else self.trials
+
+    def unusable(self) -> Optional[str]:
+        """Why this folder cannot become a run folder, or None (new, empty, or already a run folder)."""
+        if not self.root.exists():
+            return None
+        if not self.root.is_dir():
+            return "exists and is not a folder"
+        if self.manifest.is_file():
+            return None
+        foreign = sorted(e.name for e in self.root.iterdir() if not is_run_entry(e.name))
+        if not foreign:
+            return None
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        return (f"is a folder that holds other files ({shown}) and no {MANIFEST}; expected a new or empty "
+                "folder, or the folder of an earlier run")
+
     def relative(self, path) -> str:
         """``path`` relative to the run folder when inside it, else absolute."""
         path = Path(path).absolute()
@@ -168,6 +211,18 @@ class RunDir:
         data["versions"] = run_versions()
         return write_json(self.manifest, data)
 
+    def begin(self, command: str, config: Dict[str, Any], overrides: Sequence[str] = ()) -> Dict[str, Any]:
+        """Start (or restart) a run: the folder, and the manifest's ``command``, ``config`` and ``overrides``.
+
+        Every command that writes a run folder calls this with ``RunConfig.to_dict()``, so
+        the manifest has one shape. Stage records of an earlier run stay until replaced.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = self.read_manifest()
+        data.update(command=command, config=config, overrides=list(overrides), notes=[])
+        self.write_manifest(data)
+        return data
+
     def update_manifest(self, **fields) -> Dict[str, Any]:
         """Merge top-level ``fields`` into the manifest and write it."""
         data = self.read_manifest()
@@ -186,14 +241,3 @@ class RunDir:
         data = self.read_manifest()
         data.setdefault("notes", []).append(note)
         self.write_manifest(data)
-
-    # -- ensemble --------------------------------------------------------------------
-    def read_ensemble(self) -> Dict[str, Any]:
-        """``ensemble.json`` (raises FileNotFoundError naming the run when it is missing)."""
-        if not self.ensemble.is_file():
-            raise FileNotFoundError(
-                f"No fitted ensemble in run folder {str(self.root)!r} (missing {ENSEMBLE}); "
-                "run `catdog-features ensemble` or `catdog-features run` first."
-            )
-        with open(self.ensemble, encoding="utf-8") as fh:
-            return json.load(fh)
