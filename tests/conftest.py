@@ -41,3 +41,14 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A real local SparkSession (2 cores; a failed task is tried twice), shared by the Spark tests."""
+    pytest.importorskip("pyspark", reason="the [spark] extra is not installed")
+    from catdog_features.distributed import spark_session
+
+    session = spark_session("local[2,2]")
+    yield session
+    session.stop()

@@ -43,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="compute precision of the backbones; vectors are stored as float32 and each precision "
                         "is its own extractor (default: %(default)s)")
+    parser.add_argument("--distributor", choices=("local", "spark"), default="local",
+                        help="local: this process; spark: one Spark task per partition of the missing images, each "
+                        "into its own shard (the --cache folder must be reachable from every executor) "
+                        "(default: %(default)s)")
+    parser.add_argument("--spark-master", default=None, metavar="URL",
+                        help="Spark master when no SparkSession is active, e.g. spark://host:7077 (default: local[*])")
+    parser.add_argument("--partitions", type=_argtypes.positive_int, default=None, metavar="N",
+                        help="Spark tasks to split the work into (default: twice the cluster's parallelism)")
     parser.add_argument("--lock-timeout", type=_argtypes.seconds, default=30.0, metavar="S",
                         help="seconds to wait for another process updating a store index (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -121,6 +129,9 @@ def run(args) -> int:
             progress=not args.no_progress,
             lock_timeout=args.lock_timeout,
             precision=args.precision,
+            distributor=args.distributor,
+            spark_master=args.spark_master,
+            partitions=args.partitions,
             on_message=status,
         )
     print(format_summary(report, args.data))

@@ -85,5 +85,8 @@ def cleanup(extractors, plans) -> None:
         if not ex.store.shards_dir.is_dir():
             continue
         for path in ex.store.shards_dir.iterdir():
-            if any(path.name.startswith(f".part-{plan}-") for plan in plans) and not is_live(path):
-                path.unlink(missing_ok=True)
+            name = path.name.lstrip(".")  # hidden shards, and their ballast files (".<shard>.ballast")
+            if any(name.startswith(f"part-{plan}-") for plan in plans) and path.name.startswith("."):
+                shard = path.with_name(path.name[1:-len(".ballast")]) if name.endswith(".ballast") else path
+                if not is_live(shard):
+                    path.unlink(missing_ok=True)
