@@ -30,61 +30,22 @@ import numpy as np
 
 from catdog_features._checks import check_choice, check_int
 from catdog_features.features import fingerprint
-from catdog_features.features.backbones import BackboneSpec, get_backbone, parse_backbones, resolve_weights
+from catdog_features.features.backbones import get_backbone, parse_backbones, resolve_weights
 from catdog_features.features.datasets import ImageSet, load_dataset
 from catdog_features.features.featureset import FeatureSet
-from catdog_features.features.plan import Work, plan_batches, plan_work
-from catdog_features.features.store import DEFAULT_LOCK_TIMEOUT, ExtractorStore, FeatureStore, RowsLost
+from catdog_features.features.compute import (  # noqa: F401  (public names of this module too)
+    REASON_CHANGED, TRANSFORMS, BackboneReport, Extractor, build_mapper, hflip, run_work,
+)
+from catdog_features.features.plan import Work, plan_work
+from catdog_features.features.store import DEFAULT_LOCK_TIMEOUT, FeatureStore, RowsLost
 
 DEFAULT_BACKBONES = ("ResNet50", "InceptionV3", "Xception")
 VIEWS = fingerprint.VIEWS
 PRECISIONS = fingerprint.PRECISIONS
-#: Reason given to an image whose file changed between hashing and decoding.
-REASON_CHANGED = "changed while reading"
 
 
 class FeatureWarning(UserWarning):
     """Extracted features look unusable (e.g. the same vector for every image)."""
-
-
-def hflip(rgb: np.ndarray) -> np.ndarray:
-    """Mirror an ``(H, W, 3)`` image left-right (the ``"hflip"`` view)."""
-    return np.ascontiguousarray(rgb[:, ::-1])
-
-
-_TRANSFORMS = {"plain": None, "hflip": hflip}
-
-
-# --------------------------------------------------------------------------- reports
-@dataclass
-class BackboneReport:
-    """What happened to one backbone in an extraction.
-
-    ``computed`` is the number of distinct image contents that went through this backbone's
-    model in the call (contract); ``found`` those already in the store when it started.
-    """
-
-    name: str
-    image_size: int
-    dim: int
-    cache_file: str  # the extractor's folder in the store
-    cache_hit: bool = False
-    found: int = 0
-    computed: int = 0
-    model_seconds: float = 0.0
-    build_seconds: float = 0.0
-    recovered: Optional[str] = None
-    store_bytes: int = 0
-    precision: str = "float32"
-
-    @property
-    def resumed_from(self) -> int:
-        """Contents already stored when the call started (the older name of ``found``)."""
-        return self.found
-
-    @property
-    def images_per_s(self) -> Optional[float]:
-        return self.computed / self.model_seconds if self.model_seconds > 0 else None
 
 
 @dataclass
@@ -115,17 +76,6 @@ class ExtractionReport:
 
 
 # --------------------------------------------------------------------------- preparation
-@dataclass
-class Extractor:
-    """One backbone at one size, view and precision, and its rows in the store."""
-
-    name: str
-    spec: BackboneSpec
-    weights: object
-    size: int
-    store: ExtractorStore
-
-
 @dataclass
 class _Prepared:
     images: ImageSet
@@ -340,12 +290,12 @@ def _compute(work: Work, prep: _Prepared, batch_size, view, num_workers, progres
     for name in needed:
         ex = prep.extractors[name]
         t0 = time.perf_counter()
-        mappers[name] = _mapper(ex, batch_size, precision, jit_compile)
+        mappers[name] = build_mapper(ex, batch_size, precision, jit_compile)
         reports[name].build_seconds = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
     with tqdm(total=len(work), unit="img", desc="extract", disable=not progress, dynamic_ncols=True,
               smoothing=0.1) as bar:
-        run_work(work, prep.extractors, mappers, batch_size, _TRANSFORMS[view], num_workers, reports,
+        run_work(work, prep.extractors, mappers, batch_size, TRANSFORMS[view], num_workers, reports,
                  prep.transients, on_batch=bar.update)
     stats["processed"] += len(work)
     stats["pass_seconds"] += time.perf_counter() - t0
@@ -372,82 +322,6 @@ def _compute_on_spark(work, prep, batch_size, view, num_workers, progress, preci
         for name, n in res["computed"].items():
             reports[name].computed += n
             reports[name].model_seconds += res["model_seconds"][name]
-
-
-def _mapper(ex: Extractor, batch_size: int, precision: str, jit_compile: bool):
-    from catdog_features.features.mapper import Mapper
-
-    if precision == "float32" and not jit_compile:
-        return Mapper(ex.spec, ex.weights, ex.size, batch_size)
-    return Mapper(ex.spec, ex.weights, ex.size, batch_size, precision=precision, jit_compile=jit_compile)
-
-
-def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: int, transform, num_workers,
-             reports: Dict[str, BackboneReport], transients: Dict[str, str], on_batch=None,
-             shard_name=None) -> Dict[str, Path]:
-    """Compute ``work`` into new shards of each extractor (one writer per extractor).
-
-    Each content is decoded once for all extractors and sizes; each extractor's batch holds
-    the contents that lack it at their slots (zeros elsewhere). Rows are committed after
-    every batch. A content whose bytes changed since it was hashed is not stored (its
-    positions get :data:`REASON_CHANGED` in this call). ``shard_name(extractor name)`` names
-    the new shards (default: unique names); returns the shard written per extractor.
-    """
-    from contextlib import ExitStack, closing
-
-    from catdog_features.features.reader import read_windows
-
-    batches = plan_batches(work.hashes, batch_size)
-    order = [c for b in batches for c in b.contents]
-    bounds = np.cumsum([0] + [len(b.contents) for b in batches])
-    windows = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    names = [n for n in mappers]
-    sizes = sorted({extractors[n].size for n in names})
-    with ExitStack() as stack:
-        writers = {}
-        for name in names:
-            spec = extractors[name].spec
-            writers[name] = stack.enter_context(extractors[name].store.new_writer(
-                (spec.dim,), batch_rows=batch_size, name=None if shard_name is None else shard_name(name)))
-        reads = stack.enter_context(closing(read_windows([work.paths[c] for c in order], sizes, windows,
-                                                         num_workers=num_workers, transform=transform)))
-        for batch, rb in zip(batches, reads):
-            _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, reports, transients)
-            if on_batch is not None:
-                on_batch(len(batch.contents))
-    return {name: w.path for name, w in writers.items() if w.path.exists()}
-
-
-def _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, reports, transients) -> None:
-    first = rb.start
-    ok_at = {int(p): j for j, p in enumerate(rb.ok)}
-    failed_at = {int(p): reason for p, _path, reason in rb.failures}
-    for name, mapper in mappers.items():
-        ex = extractors[name]
-        rows, slots, picks, fail_h, fail_r = [], [], [], [], []
-        for k, (c, slot) in enumerate(zip(batch.contents, batch.slots)):
-            if name not in work.needs[c]:
-                continue
-            pos, h = first + k, work.hashes[c]
-            if rb.content_hashes.get(pos) != h:  # the file changed (or vanished) since it was hashed
-                transients[h] = failed_at.get(pos, REASON_CHANGED) if rb.content_hashes.get(pos) is None else REASON_CHANGED
-            elif pos in failed_at:
-                fail_h.append(h)
-                fail_r.append(failed_at[pos])
-            else:
-                rows.append(h)
-                slots.append(slot)
-                picks.append(ok_at[pos])
-        vectors = np.zeros((0, ex.spec.dim), np.float32)
-        if rows:
-            x = np.zeros((batch_size, ex.size, ex.size, 3), np.float32)
-            x[slots] = rb.images[ex.size][picks]
-            t0 = time.perf_counter()
-            vectors = mapper(x)[slots]
-            reports[name].model_seconds += time.perf_counter() - t0
-            reports[name].computed += len(rows)
-        if rows or fail_h:
-            writers[name].append(rows, vectors, fail_h, fail_r)
 
 
 # --------------------------------------------------------------------------- assembly

@@ -49,7 +49,7 @@ def extract_partition(payload: dict) -> dict:
     """A Spark task: extract one partition into its own shard per extractor (see the module notes)."""
     from catdog_features.distributed import task_attempt, use_task_gpus
     from catdog_features.features.backbones import get_backbone
-    from catdog_features.features.extract import _TRANSFORMS, BackboneReport, Extractor, _mapper, run_work
+    from catdog_features.features.compute import TRANSFORMS, BackboneReport, Extractor, build_mapper, run_work
     from catdog_features.features.store import FeatureStore
 
     use_task_gpus()
@@ -60,12 +60,12 @@ def extract_partition(payload: dict) -> dict:
                                      FeatureStore(s["store"]).extractor(s["config"]))
     work = Work(tuple(payload["hashes"]), tuple(payload["paths"]), tuple(tuple(n) for n in payload["needs"]))
     batch = int(payload["batch_size"])
-    mappers = {name: _mapper(ex, batch, payload["precision"], payload["jit_compile"]) for name, ex in extractors.items()}
+    mappers = {name: build_mapper(ex, batch, payload["precision"], payload["jit_compile"]) for name, ex in extractors.items()}
     reports = {name: BackboneReport(name, ex.size, ex.spec.dim, str(ex.store.root)) for name, ex in extractors.items()}
     transients: Dict[str, str] = {}
     final = f"part-{payload['plan']}-{payload['part']:05d}.h5"
     hidden = f".{final[:-3]}-attempt{task_attempt()}-{hashlib.sha256(repr(id(payload)).encode()).hexdigest()[:6]}.h5"
-    written = run_work(work, extractors, mappers, batch, _TRANSFORMS[payload["view"]], payload["num_workers"],
+    written = run_work(work, extractors, mappers, batch, TRANSFORMS[payload["view"]], payload["num_workers"],
                        reports, transients, shard_name=lambda name: hidden)
     published = {name: extractors[name].store.publish(path, final) for name, path in written.items()}
     return {
