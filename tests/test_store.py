@@ -392,3 +392,40 @@ def test_hash_files_in_order_with_reasons_for_what_has_no_bytes(tmp_path):
     assert fingerprint.hash_file(tmp_path / "nope.jpg").reason == "file not found"
     assert fingerprint.hash_file(tmp_path).reason == "not a file"
     assert fingerprint.hash_file(tmp_path / "empty.jpg").reason == "empty file"
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "float64 1e300", "wrong width", "strings", "duplicate hashes",
+                                    "counter beyond rows"])
+def test_shards_that_open_but_hold_bad_data_are_never_served(tmp_path, damage):
+    ex = _extractor(tmp_path)
+    _add(ex, range(6))
+    path = ex.shard_paths()[0]
+    with h5py.File(path, "r+", locking=False) as f:
+        if damage in ("nan", "inf"):
+            f["features"][2, 1] = np.nan if damage == "nan" else np.inf
+        elif damage == "float64 1e300":
+            del f["features"]
+            f.create_dataset("features", data=np.full((6, 4), 1e300), chunks=(6, 4), fletcher32=True)
+            f.attrs["dtype"] = "float64"
+        elif damage == "wrong width":
+            del f["features"]
+            f.create_dataset("features", data=np.ones((6, 7), np.float32), chunks=(6, 7), fletcher32=True)
+            f.attrs["row_shape"] = "[7]"
+        elif damage == "strings":
+            del f["features"]
+            f.create_dataset("features", data=np.full((6, 4), b"1.0"), chunks=(6, 4))
+        elif damage == "duplicate hashes":
+            f["hash"][3] = f["hash"][1]
+        else:
+            f["state"][0] = 60
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheWarning)
+        lk = ex.lookup([h(i) for i in range(6)])
+    if lk.found.any():  # found in the index: reading must refuse it, quarantine the shard and lose the rows
+        with pytest.warns(CacheWarning, match="is damaged"), pytest.raises(RowsLost):
+            ex.read(lk)
+    else:  # refused when the index was built: quarantined already, with a warning
+        assert list((ex.root / "damaged").iterdir()) and "is damaged" in str(caught[0].message)
+    clean = ex.lookup([h(i) for i in range(6)])
+    if clean.is_row.any():  # only rows that pass every check come back
+        assert np.isfinite(ex.read(clean)).all()

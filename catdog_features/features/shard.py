@@ -321,7 +321,8 @@ class ShardReader:
         self.rows, self.failures, self.sealed = rows, failures, sealed
 
     @classmethod
-    def open(cls, path, extractor: Optional[str] = None, row_shape: Optional[Sequence[int]] = None) -> "ShardReader":
+    def open(cls, path, extractor: Optional[str] = None, row_shape: Optional[Sequence[int]] = None,
+             dtype: Optional[str] = None) -> "ShardReader":
         """Open and validate a shard's structure and counters.
 
         Raises
@@ -336,7 +337,10 @@ class ShardReader:
         except (OSError, RuntimeError) as exc:
             raise ShardError(f"{path}: cannot be opened ({exc})") from None
         try:
-            return cls._validated(path, f, extractor, row_shape)
+            reader = cls._validated(path, f, extractor, row_shape)
+            if dtype is not None and reader.dtype != np.dtype(dtype):
+                raise ShardError(f"{path}: rows of dtype {reader.dtype}, expected {np.dtype(dtype)}")
+            return reader
         except ShardError:
             f.close()
             raise

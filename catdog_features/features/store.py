@@ -279,7 +279,7 @@ class ExtractorStore:
             sel = np.flatnonzero(idx.shard[rows_at] == k)
             path = self.shards_dir / idx.names[k]
             try:
-                with ShardReader.open(path, self.key, shape) as reader:
+                with ShardReader.open(path, self.key, shape, out.dtype) as reader:
                     out[sel] = reader.read_rows(idx.row[rows_at[sel]])
             except ShardError as exc:
                 self._index = None
@@ -352,9 +352,13 @@ def _merge(parts, names, sources) -> Index:
 
 
 def salvage(store: ExtractorStore, path: Path) -> int:
-    """Copy the readable, valid rows (and failure records) of a damaged shard into a new shard."""
+    """Copy the readable, valid rows (and failure records) of a damaged shard into a new shard.
+
+    Rows are kept only where they pass every check in the extractor's own dtype and shape.
+    """
+    dtype = np.dtype(store.config.get("dtype", "float32"))
     try:
-        reader = ShardReader.open(path, store.key)
+        reader = ShardReader.open(path, store.key, store.row_shape)
     except ShardError:
         return 0
     with reader:
@@ -366,16 +370,23 @@ def salvage(store: ExtractorStore, path: Path) -> int:
             fh, reasons = reader.failure_records()
         except ShardError:
             fh, reasons = np.zeros(0, HASH_DTYPE), np.zeros(0, "S200")
-        good = [(lo, hi) for lo, hi, ok in reader.scan() if ok]
-        if not good and not len(fh):
+        blocks = []
+        for lo, hi, ok in reader.scan():
+            if ok:
+                with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: dropped
+                    rows = reader.read_rows(np.arange(lo, hi)).astype(dtype)
+                good = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+                blocks.append((hashes[lo:hi][good], rows[good]))
+        if not sum(len(b[0]) for b in blocks) and not len(fh):
             return 0
         saved = 0
-        with store.new_writer(reader.row_shape, reader.dtype.name) as writer:
-            for lo, hi in good:
-                writer.append(hashes[lo:hi], reader.read_rows(np.arange(lo, hi)))
-                saved += hi - lo
+        with store.new_writer(store.row_shape, dtype.name) as writer:
+            for block_hashes, rows in blocks:
+                if len(block_hashes):
+                    writer.append(block_hashes, rows)
+                    saved += len(block_hashes)
             if len(fh):
-                writer.append([], np.zeros((0, *reader.row_shape)), fh, reasons)
+                writer.append([], np.zeros((0, *store.row_shape)), fh, reasons)
     return saved
 
 
