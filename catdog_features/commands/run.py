@@ -6,7 +6,7 @@ import json
 
 HELP = "run the whole pipeline (extract, sweep, ensemble, submission, report) from a TOML config"
 DESCRIPTION = (
-    "Run every stage from one TOML run config (see experiments/*.toml and DESIGN.md 'Run config'): "
+    "Run every stage from one TOML run config (see experiments/*.toml and the README's config reference): "
     "extract features (cached), sweep head settings with Hyperopt TPE (resumable trials), fit "
     "K-fold OOF ensembles of the best trials, write the Kaggle submission and the report into "
     "the [output] dir. Re-running a finished config reuses the cache, the trials and the OOF "

@@ -1,6 +1,6 @@
 """Run configs: the TOML file behind ``catdog-features run CONFIG.toml``, parsed and validated.
 
-Every key, its type and default (DESIGN.md "Run config", plus the documented extras marked
+Every key, its type and default (README "Config file reference", plus the documented extras marked
 *extra*). Relative paths are relative to the config file (``--set`` overrides: to the
 current directory). An unknown key or a bad value is a :class:`ConfigError` naming the file
 (or the ``--set`` item) and the key, e.g. ``experiments/x.toml: [sweep] max_evls: unknown
