@@ -90,3 +90,15 @@ def test_a_task_killed_mid_extraction_is_retried_without_duplicates(spark, image
         index = ex.index()
         assert int((~index.failure).sum()) == 16 and int(index.failure.sum()) == 2  # each content once
     assert not [n for n in _shards(store) if n.startswith(".")]
+
+
+def test_extract_command_on_spark(spark, images, local, tmp_path, capsys):
+    from catdog_features import cli
+
+    argv = ["extract", str(images), "--backbones", "VGG16", "--cache", str(tmp_path / "store"), "--weights", "none",
+            "--image-size", "32", "--batch-size", "4", "--distributor", "spark", "--partitions", "2", "--no-progress"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "computed 16 (" in out
+    fs = extract_features(images, backbones=["VGG16"], cache_dir=tmp_path / "store", **SMALL)
+    assert all(fs.cache_hits.values()) and np.array_equal(fs["VGG16"], local["VGG16"])
