@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precision-backbones", default="ResNet50,ConvNeXtTiny,EfficientNetV2B0")
     parser.add_argument("--precision-size", type=int, default=224)
     parser.add_argument("--precisions", default="float32,bfloat16", help="e.g. float32,bfloat16,float16")
-    parser.add_argument("--precision-batches", type=int, default=4, help="timed batches per round (default: %(default)s)")
+    parser.add_argument("--precision-batches", type=int, default=4,
+                        help="(d) timed batches per round (default: %(default)s)")
     parser.add_argument("--jit", action="store_true", help="(d) also time float32 with jit_compile=True (XLA)")
     parser.add_argument("--reader-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
                                                       / "dogs-vs-cats" / "train"))

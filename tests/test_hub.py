@@ -137,13 +137,15 @@ def test_offline_preset_download_says_how_to_use_a_local_folder(monkeypatch):
     import requests
 
     def offline(*args, **kwargs):
-        raise requests.exceptions.ConnectionError("Failed to resolve 'api.kaggle.com' ([Errno -2] Name or service not known)")
+        raise requests.exceptions.ConnectionError("Failed to resolve 'api.kaggle.com' ([Errno -2] Name or service "
+                                                  "not known)")
 
     monkeypatch.setattr(kagglehub, "model_download", offline)
     with pytest.raises(WeightsDownloadError) as err:
         get_backbone("hub:dinov2_small").build("imagenet")
     message = str(err.value)
-    assert message.startswith("Could not download the keras-hub preset 'dinov2_small' for hub:dinov2_small (ConnectionError")
+    assert message.startswith("Could not download the keras-hub preset 'dinov2_small' for hub:dinov2_small "
+                              "(ConnectionError")
     assert "kagglehub.model_download('keras/dinov2/keras/dinov2_small/1')" in message
     assert "--weights hub:dinov2_small=/path/to/dinov2_small" in message
     assert err.value.__cause__ is None and err.value.__suppress_context__

@@ -24,6 +24,7 @@ applied inside the built model in float32.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -168,8 +169,9 @@ def hub_spec(text: str, base_dir=None) -> "HubSpec":
     text = text.strip()
     name = f"hub:{text}"
     version = _require_keras_hub(name)
-    if text in HUB_PRESETS:
-        p = HUB_PRESETS[text]
+    if text.lower() in HUB_PRESETS:
+        p = HUB_PRESETS[text.lower()]
+        text, name = p.preset, f"hub:{p.preset}"
         family = FAMILIES[p.family]
         return HubSpec(name, p.family, text, p.handle, p.input_size, p.hidden_dim * family.dim_factor, version)
     if not _is_dir_name(text):
@@ -180,6 +182,7 @@ def hub_spec(text: str, base_dir=None) -> "HubSpec":
     folder = Path(os.path.expanduser(text))
     if base_dir is not None and not folder.is_absolute():
         folder = Path(base_dir) / folder
+    folder = Path(os.path.normpath(folder))
     if not folder.is_dir():
         raise FileNotFoundError(f"Preset folder not found. Received: backbone={name!r}; expected a folder "
                                 f"written by save_to_preset() ({str(folder)!r} does not exist).")
@@ -195,8 +198,6 @@ def preset_dir_identity(folder) -> str:
     parts = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != _METADATA):
         parts.append(f"{path.relative_to(folder).as_posix()}:{sha256_file(path)}")
-    import hashlib
-
     return "preset-dir:sha256=" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

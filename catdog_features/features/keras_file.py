@@ -62,6 +62,7 @@ def keras_file_spec(text: str, base_dir=None) -> "KerasFileSpec":
     path = Path(os.path.expanduser(path_text))
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
+    path = Path(os.path.normpath(path))
     if not path.is_file():
         raise FileNotFoundError(f"Model file not found. Received: backbone={name!r}; expected an existing .keras "
                                 f"file ({str(path)!r} does not exist or is not a file).")

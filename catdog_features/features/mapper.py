@@ -97,7 +97,9 @@ class Mapper:
         # A partial, not a closure: TF counts traces per code object, and one trace per
         # backbone would otherwise add up to a spurious "excessive retracing" warning.
         forward = functools.partial(_forward, self.model, spec.preprocess_input)
-        self._fn = tf.function(forward, input_signature=signature, jit_compile=self.jit_compile)
+        # No AutoGraph: the forward pass has no tensor-dependent Python control flow, and
+        # converting the specs' preprocessing (module lookups) only costs tracing time.
+        self._fn = tf.function(forward, input_signature=signature, jit_compile=self.jit_compile, autograph=False)
         # Trace and let TF optimise the graph now (seconds for a large model), so build
         # time is paid here and the extraction pass runs at its steady-state speed.
         self._fn(tf.zeros((self.batch_size, self.image_size, self.image_size, 3), tf.float32))
