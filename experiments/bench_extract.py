@@ -318,7 +318,8 @@ def reader_section(args) -> None:
         return
     names = parse_backbones(args.backbones)
     image_size = args.image_size or None
-    sizes = sorted({get_backbone(n).resolve_size(image_size) for n in names} | {args.precision_size})
+    sizes = {get_backbone(n).resolve_size(image_size) for n in names}
+    sizes = sorted(sizes | ({args.precision_size} if "d" in args.only else set()))
     mean_kib = np.mean([os.path.getsize(p) for p in paths]) / 1024
     print(f"(e) reader only ({READER_VERSION}): {len(paths)} real JPEGs from {folder} (mean {mean_kib:.0f} KiB), "
           f"each decoded once and resized to {sizes}")
