@@ -14,11 +14,26 @@ cannot be downloaded here, and they do not change the speed):
 then ours/limit, ours/naive, the cache-hit time vs the extraction time, and peak RSS.
 Targets (issue 3): ours/limit >= 0.9 on CPU, ours/naive >= 1.5, cache hit >= 500x faster.
 
+Then (issue 12), in the same run:
+
+(d) precision: per backbone of ``--precision-backbones`` at ``--precision-size`` (default
+    ResNet50, ConvNeXtTiny, EfficientNetV2B0 at 224 px, batch 32, random weights), the compiled
+    forward pass in float32 vs mixed_bfloat16 (and float16 with ``--precisions``): img/s,
+    their ratio (wall and CPU time) and the cosine similarity of the pooled vectors of real
+    images; target bf16/fp32 >= 1.25 for ResNet50 on a CPU with AMX-BF16. ``--jit`` adds an
+    XLA (jit_compile) float32 line;
+(e) the decode budget: the reader alone (read + decode + resize to every size of the run,
+    no model) on one thread, in images/s per core, and with the default thread pool, on the
+    real JPEGs (``--reader-data``, default ../shared/data/dogs-vs-cats/train; skipped if absent).
+
+``--only d,e`` runs just those sections (quick); ``--only abc`` just the original ones.
+
 Usage::
 
     python experiments/bench_extract.py                        # 128 generated ~300x250 JPEGs, 128 px
     python experiments/bench_extract.py --data ../shared/data/dogs-vs-cats/train --n 256
     python experiments/bench_extract.py --image-size 0         # each backbone's native size
+    python experiments/bench_extract.py --only d,e --precision-batches 3   # precision + reader only (minutes)
 """
 
 from __future__ import annotations
@@ -95,7 +110,30 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="decoder threads (default: CPUs)")
     parser.add_argument("--rounds", type=int, default=2, help="repetitions; the best of each is kept")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--only", default="a,b,c,d,e",
+                        help="sections to run: a,b,c (pipeline), d (precision), e (reader); default: all")
+    parser.add_argument("--precision-backbones", default="ResNet50,ConvNeXtTiny,EfficientNetV2B0")
+    parser.add_argument("--precision-size", type=int, default=224)
+    parser.add_argument("--precisions", default="float32,bfloat16", help="e.g. float32,bfloat16,float16")
+    parser.add_argument("--precision-batches", type=int, default=4,
+                        help="(d) timed batches per round (default: %(default)s)")
+    parser.add_argument("--jit", action="store_true", help="(d) also time float32 with jit_compile=True (XLA)")
+    parser.add_argument("--reader-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
+                                                      / "dogs-vs-cats" / "train"))
+    parser.add_argument("--reader-n", type=int, default=300, help="(e) images read (default: %(default)s)")
     args = parser.parse_args(argv)
+    sections = set(args.only.replace(",", ""))
+    if sections & set("abc"):
+        pipeline_sections(args)
+    if "d" in sections:
+        precision_section(args)
+    if "e" in sections:
+        reader_section(args)
+    return 0
+
+
+def pipeline_sections(args) -> None:
+    """(a) ours, (b) the forward-only limit, (c) the naive loop; cache hit; peak RSS."""
 
     from catdog_features.features.backbones import parse_backbones, get_backbone
     from catdog_features.features.datasets import load_dataset
@@ -209,7 +247,93 @@ def main(argv=None) -> int:
           f"{report.pass_seconds / hit:.0f}x")
     print(f"peak RSS: {rss:.0f} MiB (whole benchmark: {len(names)} backbones loaded twice + naive's models; "
           "naive also holds all images in memory)")
-    return 0
+
+
+def _sample_batch(folder, n: int, size: int) -> np.ndarray:
+    """``n`` real images resized to ``size`` (repeated if the folder has fewer), or noise photos if absent."""
+    from catdog_features.features.reader import decode_image, resize_image
+
+    folder = Path(folder)
+    paths = sorted(folder.glob("*.jpg"))[:n] if folder.is_dir() else []
+    if not paths:
+        tmp = Path(tempfile.mkdtemp(prefix="bench-precision-"))
+        paths = sorted(generated_images(tmp, n).glob("*.jpg"))[:n]
+    rgb = [resize_image(decode_image(p), size) for p in paths]
+    return np.stack((rgb * n)[:n])
+
+
+def _rate(mapper, x, batches: int, rounds: int):
+    """Best-of-rounds (img/s wall, img/s per CPU second) of the compiled forward pass on one batch."""
+    import tensorflow as tf
+
+    batch = tf.constant(x)
+    mapper._fn(batch).numpy()  # warm
+    best_wall, best_cpu = np.inf, np.inf
+    for _ in range(rounds):
+        wall, cpu = timed(lambda: [mapper._fn(batch).numpy() for _ in range(batches)])
+        best_wall, best_cpu = min(best_wall, wall), min(best_cpu, cpu)
+    n = batches * len(x)
+    return n / best_wall, n / best_cpu
+
+
+def precision_section(args) -> None:
+    """(d) float32 vs bfloat16 (vs float16) per backbone: img/s, ratio, cosine similarity."""
+    from catdog_features.features.backbones import get_backbone, parse_backbones
+    from catdog_features.features.mapper import Mapper, check_precision
+
+    names = parse_backbones(args.precision_backbones)
+    precisions = [check_precision(p) for p in args.precisions.split(",") if p.strip()]
+    size, batch = args.precision_size, args.batch_size
+    x = _sample_batch(args.reader_data, batch, size)
+    print()
+    print(f"(d) precision: {', '.join(names)} at {size} px, batch {batch}, random weights, "
+          f"{args.precision_batches} batches x {args.rounds} rounds (best), load average {os.getloadavg()[0]:.1f}")
+    for name in names:
+        spec = get_backbone(name)
+        variants = [(p, False) for p in precisions] + ([("float32", True)] if args.jit else [])
+        results = {}
+        for precision, jit in variants:
+            mapper = Mapper(spec, None, size, batch, precision=precision, jit_compile=jit)
+            results[(precision, jit)] = (_rate(mapper, x, args.precision_batches, args.rounds), mapper(x))
+            del mapper
+        (base_wall, base_cpu), base_vec = results[("float32", False)]
+        for (precision, jit), ((wall, cpu), vec) in results.items():
+            cos = (vec * base_vec).sum(1) / (np.linalg.norm(vec, axis=1) * np.linalg.norm(base_vec, axis=1) + 1e-30)
+            label = precision + (" +XLA" if jit else "")
+            print(f"    {name:<16} {label:<13} {wall:7.2f} img/s  ({cpu:6.2f} img/s per CPU-s)  "
+                  f"x{wall / base_wall:.2f} wall, x{cpu / base_cpu:.2f} CPU vs float32   "
+                  f"cosine vs float32: min {cos.min():.6f}, mean {cos.mean():.6f}", flush=True)
+
+
+def reader_section(args) -> None:
+    """(e) reader only: read + decode + resize to every size of the run, no model."""
+    from catdog_features.features.backbones import get_backbone, parse_backbones
+    from catdog_features.features.reader import READER_VERSION, default_num_workers, read_batches
+
+    folder = Path(args.reader_data)
+    paths = sorted(str(p) for p in folder.glob("*.jpg"))[: args.reader_n] if folder.is_dir() else []
+    print()
+    if not paths:
+        print(f"(e) reader: skipped ({folder} has no JPEGs)")
+        return
+    names = parse_backbones(args.backbones)
+    image_size = args.image_size or None
+    sizes = {get_backbone(n).resolve_size(image_size) for n in names}
+    sizes = sorted(sizes | ({args.precision_size} if "d" in args.only else set()))
+    mean_kib = np.mean([os.path.getsize(p) for p in paths]) / 1024
+    print(f"(e) reader only ({READER_VERSION}): {len(paths)} real JPEGs from {folder} (mean {mean_kib:.0f} KiB), "
+          f"each decoded once and resized to {sizes}")
+    for workers in (0, default_num_workers()):
+        best_wall, best_cpu = np.inf, np.inf
+        for _ in range(args.rounds):
+            wall, cpu = timed(lambda: [b for b in read_batches(paths, sizes, 32, num_workers=workers)])
+            best_wall, best_cpu = min(best_wall, wall), min(best_cpu, cpu)
+        label = "1 thread (inline)" if workers == 0 else f"{workers} threads"
+        print(f"    {label:<18} {len(paths) / best_wall:7.1f} img/s wall, {len(paths) / best_cpu:7.1f} img/s per core "
+              f"(per CPU-second)", flush=True)
+    print("    Decoder swap: no PyPI decoder gives >= 1.5x for the same output here (notes/research/decoders.md: "
+          "best same-output path 1.24-1.30x, PyTurboJPEG/simplejpeg; Pillow's antialiased resize dominates), "
+          "so the reader keeps Pillow.")
 
 
 if __name__ == "__main__":

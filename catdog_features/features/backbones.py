@@ -1,49 +1,86 @@
-"""Registry of frozen ImageNet backbones from ``keras.applications``, as plain data.
+"""Registry of frozen backbones, as plain data: ``keras.applications``, keras-hub presets, own files.
 
-Each backbone is a frozen :class:`BackboneSpec`: which constructor builds it, its native
-input size, which ``preprocess_input`` it wants, and the length of its pooled vector.
-Nothing downstream re-derives "which preprocessing does Xception want": it reads the spec.
-TensorFlow is imported only when a model is actually built or preprocessing is run.
+Three kinds of spec share one protocol (what :mod:`.mapper` and :mod:`.extract` rely on):
+``.name``, ``.dim``, ``.input_size``, ``.min_size``, ``.resolve_size(image_size)``,
+``.build(weights, image_size, precision="float32")`` (a frozen Keras model, images 0..255
+already passed through ``.preprocess_input`` -> ``(N, dim)``), ``.preprocess_input(x)``,
+``.identity()`` (JSON-able: everything but the weights that changes the vectors) and
+``.weights_identity(weights)``.
+
+* :class:`BackboneSpec`: a ``keras.applications`` constructor (the rows of :data:`BACKBONES`);
+* ``hub:PRESET`` -> :class:`catdog_features.features.hub.HubSpec` (DINOv2, CLIP, SigLIP image
+  encoders from keras-hub; the ``[hub]`` extra);
+* ``keras:PATH?preprocess=MODE`` -> :class:`catdog_features.features.keras_file.KerasFileSpec`
+  (any ``.keras`` model file).
+
+TensorFlow is imported only when a model is built or preprocessing is run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
+
+from catdog_features._checks import check_int
+from catdog_features.features._build import RANDOM_INIT_SEED, dtype_policy, seeded_build
+from catdog_features.features.weights import (  # noqa: F401  (re-exported: the historical home of these)
+    WEIGHTS_EXPECTED,
+    WeightsDownloadError,
+    imagenet_remedy,
+    parse_weights,
+    resolve_weights,
+    weights_identity,
+    weights_kind,
+    weights_to_text,
+)
 
 
-#: Seed used to initialise weights when ``weights=None``, so random-init features are reproducible.
-RANDOM_INIT_SEED = 1337
+def check_image_size(spec, image_size) -> int:
+    """``image_size`` as an int >= ``spec.min_size``, or a ``ValueError`` naming the backbone."""
+    size = check_int("image_size", image_size, 1, integral_floats=True)
+    if size < spec.min_size:
+        raise ValueError(
+            f"Image size too small for {spec.name}. Received: image_size={image_size}; "
+            f"expected at least {spec.min_size} (native size {spec.input_size})."
+        )
+    return size
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """One frozen feature extractor.
+    """One frozen ``keras.applications`` feature extractor.
 
     Attributes
     ----------
     name : str
         Registry name, e.g. ``"ResNet50"``.
     module : str
-        ``keras.applications`` sub-module holding the constructor and ``preprocess_input``.
+        ``keras.applications`` sub-module holding ``preprocess_input``.
     constructor : str
-        Name of the model constructor in that module.
+        Name of the model constructor in ``keras.applications``.
     input_size : int
         Native square input size (what the ImageNet weights were trained at).
     dim : int
         Length of the global-average-pooled vector.
     preprocess : str
-        Preprocessing mode of ``preprocess_input``: ``"caffe"`` (BGR, ImageNet mean),
-        ``"tf"`` (scale to [-1, 1]), ``"torch"`` (ImageNet mean/std) or ``"none"``
-        (the model rescales internally, e.g. EfficientNet).
+        What ``preprocess_input`` does: ``"caffe"`` (BGR, ImageNet mean), ``"tf"`` (scale to
+        [-1, 1]), ``"torch"`` (ImageNet mean/std) or ``"none"`` (nothing: the model rescales
+        inside, e.g. EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3).
+    weights_url : str
+        Where Keras downloads the no-top ImageNet weights; ``{size}`` stands for the input size
+        where Keras has one file per size (MobileNet, MobileNetV2: see ``weights_sizes``).
     min_size : int
         Smallest input size the architecture accepts.
     pooling : str
         Global pooling applied to the last feature map.
+    weights_file : str
+        The name Keras stores the weights under in ``~/.keras/models/`` when it is not the
+        URL's last part.
+    weights_sizes : tuple of int
+        Input sizes with their own weights file; other sizes load the native size's.
     """
 
     name: str
@@ -52,10 +89,12 @@ class BackboneSpec:
     input_size: int
     dim: int
     preprocess: str
+    weights_url: str = ""
     min_size: int = 32
     pooling: str = "avg"
+    weights_file: str = ""
+    weights_sizes: Tuple[int, ...] = ()
 
-    # -- lazily resolved keras objects ------------------------------------------------
     def _module(self):
         return importlib.import_module(f"keras.applications.{self.module}")
 
@@ -86,15 +125,18 @@ class BackboneSpec:
         """The input size to use: the native one for ``None``/0, else ``image_size`` (validated)."""
         if not image_size:
             return self.input_size
-        size = int(image_size)
-        if size < self.min_size:
-            raise ValueError(
-                f"Image size too small for {self.name}. Received: image_size={image_size}; "
-                f"expected at least {self.min_size} (native size {self.input_size})."
-            )
-        return size
+        return check_image_size(self, image_size)
 
-    def build(self, weights: Union[str, os.PathLike, None] = "imagenet", image_size: Optional[int] = None):
+    def imagenet_weights(self, image_size: Optional[int] = None) -> Tuple[str, str]:
+        """``(file name, URL)`` of the no-top ImageNet weights Keras loads at that size."""
+        size = self.resolve_size(image_size)
+        size = size if size in self.weights_sizes else self.input_size
+        url = self.weights_url.format(size=size)
+        name = (self.weights_file or url.rsplit("/", 1)[-1]).format(size=size)
+        return name, url
+
+    def build(self, weights: Union[str, os.PathLike, None] = "imagenet", image_size: Optional[int] = None,
+              precision: str = "float32"):
         """Build the frozen model ``(size, size, 3) -> (dim,)`` with average pooling.
 
         Parameters
@@ -105,28 +147,37 @@ class BackboneSpec:
             local weights file (``.h5`` / ``.weights.h5`` made for the no-top model).
         image_size : int, optional
             Square input size; defaults to the native one.
+        precision : {"float32", "bfloat16", "float16"}
+            The model computes under that Keras mixed-precision policy (variables float32);
+            the global policy is restored afterwards.
+
+        Notes
+        -----
+        The process's global random state (Python, NumPy) is the same after the call as
+        before it, whatever the weights (see :func:`~catdog_features.features._build.seeded_build`).
         """
+        import keras
+
         size = self.resolve_size(image_size)
-        ctor = getattr(self._module(), self.constructor)
+        ctor = getattr(keras.applications, self.constructor)
         kind = weights_kind(weights)
         kwargs = dict(include_top=False, pooling=self.pooling, input_shape=(size, size, 3))
-        if kind == "none":
-            import keras
-
-            keras.utils.set_random_seed(RANDOM_INIT_SEED)
-            model = ctor(weights=None, **kwargs)
-        elif kind == "imagenet":
-            try:
-                model = ctor(weights="imagenet", **kwargs)
-            except Exception as exc:  # network errors surface as many exception types
-                raise WeightsDownloadError(self.name, exc) from None
-        else:
+        if kind == "file":
             path = Path(weights).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"Weights file not found. Received: weights={str(weights)!r}; expected {_WEIGHTS_EXPECTED}."
+                    f"Weights file not found. Received: weights={str(weights)!r}; expected {WEIGHTS_EXPECTED}."
                 )
-            model = ctor(weights=None, **kwargs)
+        with dtype_policy(precision), seeded_build(RANDOM_INIT_SEED):
+            if kind == "imagenet":
+                try:
+                    model = ctor(weights="imagenet", **kwargs)
+                except Exception as exc:  # network errors surface as many exception types
+                    name, url = self.imagenet_weights(size)
+                    raise WeightsDownloadError(self.name, exc, remedy=imagenet_remedy(self.name, name, url)) from None
+            else:
+                model = ctor(weights=None, **kwargs)
+        if kind == "file":
             try:
                 model.load_weights(str(path))
             except Exception as exc:
@@ -138,183 +189,156 @@ class BackboneSpec:
         return model
 
 
-class WeightsDownloadError(RuntimeError):
-    """The ImageNet weights could not be obtained (typically: no internet)."""
+_KA = "https://storage.googleapis.com/tensorflow/keras-applications/"
+_KB = "https://storage.googleapis.com/keras-applications/"
+_TFK = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
-    def __init__(self, backbone: str, cause: BaseException):
-        self.backbone = backbone
-        self.cause = cause
-        super().__init__(
-            f"Could not download the ImageNet weights for {backbone} "
-            f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}).\n"
-            "This machine probably has no internet access. Either:\n"
-            f"  * copy the weights file into ~/.keras/models/ (the name Keras uses for {backbone} "
-            "with include_top=False) from a machine that has internet, or pass it explicitly with "
-            "weights='/path/to/file.h5' (CLI: --weights PATH); or\n"
-            "  * use weights=None (CLI: --weights none) for randomly initialised backbones "
-            "(useful only for testing the pipeline)."
-        )
+# Sizes, dims and file names as keras.applications 3.x has them (tests/test_backbones.py checks
+# every row against the constructor: output dim, preprocess_input, the file it downloads).
+_SPECS = (
+    BackboneSpec("VGG16", "vgg16", "VGG16", 224, 512, "caffe", _KA + "vgg16/vgg16" + _TFK),
+    BackboneSpec("VGG19", "vgg19", "VGG19", 224, 512, "caffe", _KA + "vgg19/vgg19" + _TFK),
+    BackboneSpec("ResNet50", "resnet50", "ResNet50", 224, 2048, "caffe", _KA + "resnet/resnet50" + _TFK),
+    BackboneSpec("ResNet101", "resnet", "ResNet101", 224, 2048, "caffe", _KA + "resnet/resnet101" + _TFK),
+    BackboneSpec("ResNet152", "resnet", "ResNet152", 224, 2048, "caffe", _KA + "resnet/resnet152" + _TFK),
+    BackboneSpec("ResNet50V2", "resnet_v2", "ResNet50V2", 224, 2048, "tf", _KA + "resnet/resnet50v2" + _TFK),
+    BackboneSpec("ResNet101V2", "resnet_v2", "ResNet101V2", 224, 2048, "tf", _KA + "resnet/resnet101v2" + _TFK),
+    BackboneSpec("ResNet152V2", "resnet_v2", "ResNet152V2", 224, 2048, "tf", _KA + "resnet/resnet152v2" + _TFK),
+    BackboneSpec("InceptionV3", "inception_v3", "InceptionV3", 299, 2048, "tf",
+                 _KA + "inception_v3/inception_v3" + _TFK, min_size=75),
+    BackboneSpec("Xception", "xception", "Xception", 299, 2048, "tf", _KA + "xception/xception" + _TFK,
+                 min_size=71),
+    BackboneSpec("InceptionResNetV2", "inception_resnet_v2", "InceptionResNetV2", 299, 1536, "tf",
+                 _KA + "inception_resnet_v2/inception_resnet_v2" + _TFK, min_size=75),
+    BackboneSpec("DenseNet121", "densenet", "DenseNet121", 224, 1024, "torch", _KA + "densenet/densenet121" + _TFK),
+    BackboneSpec("DenseNet169", "densenet", "DenseNet169", 224, 1664, "torch", _KA + "densenet/densenet169" + _TFK),
+    BackboneSpec("DenseNet201", "densenet", "DenseNet201", 224, 1920, "torch", _KA + "densenet/densenet201" + _TFK),
+    BackboneSpec("EfficientNetB0", "efficientnet", "EfficientNetB0", 224, 1280, "none",
+                 _KB + "efficientnetb0_notop.h5"),
+    BackboneSpec("EfficientNetB1", "efficientnet", "EfficientNetB1", 240, 1280, "none",
+                 _KB + "efficientnetb1_notop.h5"),
+    BackboneSpec("EfficientNetB2", "efficientnet", "EfficientNetB2", 260, 1408, "none",
+                 _KB + "efficientnetb2_notop.h5"),
+    BackboneSpec("EfficientNetB3", "efficientnet", "EfficientNetB3", 300, 1536, "none",
+                 _KB + "efficientnetb3_notop.h5"),
+    BackboneSpec("EfficientNetB4", "efficientnet", "EfficientNetB4", 380, 1792, "none",
+                 _KB + "efficientnetb4_notop.h5"),
+    BackboneSpec("EfficientNetB5", "efficientnet", "EfficientNetB5", 456, 2048, "none",
+                 _KB + "efficientnetb5_notop.h5"),
+    BackboneSpec("EfficientNetB6", "efficientnet", "EfficientNetB6", 528, 2304, "none",
+                 _KB + "efficientnetb6_notop.h5"),
+    BackboneSpec("EfficientNetB7", "efficientnet", "EfficientNetB7", 600, 2560, "none",
+                 _KB + "efficientnetb7_notop.h5"),
+    BackboneSpec("EfficientNetV2B0", "efficientnet_v2", "EfficientNetV2B0", 224, 1280, "none",
+                 _KA + "efficientnet_v2/efficientnetv2-b0_notop.h5"),
+    BackboneSpec("EfficientNetV2B1", "efficientnet_v2", "EfficientNetV2B1", 240, 1280, "none",
+                 _KA + "efficientnet_v2/efficientnetv2-b1_notop.h5"),
+    BackboneSpec("EfficientNetV2B2", "efficientnet_v2", "EfficientNetV2B2", 260, 1408, "none",
+                 _KA + "efficientnet_v2/efficientnetv2-b2_notop.h5"),
+    BackboneSpec("EfficientNetV2B3", "efficientnet_v2", "EfficientNetV2B3", 300, 1536, "none",
+                 _KA + "efficientnet_v2/efficientnetv2-b3_notop.h5"),
+    BackboneSpec("EfficientNetV2S", "efficientnet_v2", "EfficientNetV2S", 384, 1280, "none",
+                 _KA + "efficientnet_v2/efficientnetv2-s_notop.h5"),
+    BackboneSpec("EfficientNetV2M", "efficientnet_v2", "EfficientNetV2M", 480, 1280, "none",
+                 _KA + "efficientnet_v2/efficientnetv2-m_notop.h5"),
+    BackboneSpec("EfficientNetV2L", "efficientnet_v2", "EfficientNetV2L", 480, 1280, "none",
+                 _KA + "efficientnet_v2/efficientnetv2-l_notop.h5"),
+    BackboneSpec("ConvNeXtTiny", "convnext", "ConvNeXtTiny", 224, 768, "none", _KA + "convnext/convnext_tiny_notop.h5"),
+    BackboneSpec("ConvNeXtSmall", "convnext", "ConvNeXtSmall", 224, 768, "none",
+                 _KA + "convnext/convnext_small_notop.h5"),
+    BackboneSpec("ConvNeXtBase", "convnext", "ConvNeXtBase", 224, 1024, "none",
+                 _KA + "convnext/convnext_base_notop.h5"),
+    BackboneSpec("ConvNeXtLarge", "convnext", "ConvNeXtLarge", 224, 1536, "none",
+                 _KA + "convnext/convnext_large_notop.h5"),
+    BackboneSpec("ConvNeXtXLarge", "convnext", "ConvNeXtXLarge", 224, 2048, "none",
+                 _KA + "convnext/convnext_xlarge_notop.h5"),
+    BackboneSpec("MobileNet", "mobilenet", "MobileNet", 224, 1024, "tf",
+                 _KA + "mobilenet/mobilenet_1_0_{size}_tf_no_top.h5", weights_sizes=(128, 160, 192, 224)),
+    BackboneSpec("MobileNetV2", "mobilenet_v2", "MobileNetV2", 224, 1280, "tf",
+                 _KA + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5",
+                 weights_sizes=(96, 128, 160, 192, 224)),
+    BackboneSpec("MobileNetV3Small", "mobilenet_v3", "MobileNetV3Small", 224, 576, "none",
+                 _KA + "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    BackboneSpec("MobileNetV3Large", "mobilenet_v3", "MobileNetV3Large", 224, 960, "none",
+                 _KA + "mobilenet_v3/weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+    BackboneSpec("NASNetMobile", "nasnet", "NASNetMobile", 224, 1056, "tf", _KA + "nasnet/NASNet-mobile-no-top.h5",
+                 weights_file="nasnet_mobile_no_top.h5"),
+    BackboneSpec("NASNetLarge", "nasnet", "NASNetLarge", 331, 4032, "tf", _KA + "nasnet/NASNet-large-no-top.h5",
+                 weights_file="nasnet_large_no_top.h5"),
+)
+
+#: name -> BackboneSpec (the ``keras.applications`` rows), in a stable order.
+BACKBONES: Dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+
+#: name prefix -> (module, function) making a spec from the rest of the name (and a base folder).
+PREFIXES: Dict[str, Tuple[str, str]] = {
+    "hub:": ("catdog_features.features.hub", "hub_spec"),
+    "keras:": ("catdog_features.features.keras_file", "keras_file_spec"),
+}
+
+_OTHER_FORMS = ("hub:PRESET (a keras-hub DINOv2 / CLIP / SigLIP preset, or hub:/path/to/preset_dir; "
+                "`catdog-features backbones --hub` lists them) or keras:/path/to/model.keras?preprocess=MODE "
+                "(MODE: caffe, tf, torch or none)")
 
 
-_WEIGHTS_EXPECTED = ("'imagenet', 'none' (random init), the path of a weights file, or one of those per "
-                     "backbone (a dict; on the command line NAME=W,NAME=W)")
+def _is_spec(obj) -> bool:
+    return all(hasattr(obj, attr) for attr in ("name", "build", "identity", "weights_identity", "resolve_size"))
 
 
-def weights_kind(weights) -> str:
-    """Classify one ``weights`` value: ``"imagenet"``, ``"none"`` or ``"file"``."""
-    if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("none", "random")):
-        return "none"
-    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
-        return "imagenet"
-    if isinstance(weights, (str, os.PathLike)) and os.fspath(weights).strip():
-        return "file"
-    raise ValueError(f"Invalid weights. Received: weights={weights!r}; expected {_WEIGHTS_EXPECTED}.")
-
-
-def _one_weights(value, base_dir):
-    kind = weights_kind(value)
-    if kind == "none":
-        return None
-    if kind == "imagenet":
-        return "imagenet"
-    path = Path(os.path.expanduser(os.fspath(value).strip()))
-    if base_dir is not None and not path.is_absolute():
-        path = Path(base_dir) / path
-    return str(path)
-
-
-def parse_weights(value, base_dir=None):
-    """Normalise a weights spec from Python, a config file or the command line.
+def get_backbone(name, base_dir: Union[str, os.PathLike, None] = None):
+    """Look up a backbone: a registry name (case-insensitive), ``hub:...`` or ``keras:...``.
 
     Parameters
     ----------
-    value : None, str, path or dict
-        ``"imagenet"``, ``None``/``"none"`` (random init), a weights file, a dict backbone
-        -> one of those, or the command-line form ``"NAME=W,NAME=W"`` (a string holding
-        ``=`` that is not an existing file).
+    name : str or spec
+        A name of :data:`BACKBONES`, ``hub:PRESET``, ``keras:PATH?preprocess=MODE``, or a spec
+        (returned as is).
     base_dir : path, optional
-        Relative file paths are taken relative to it (a config file's folder).
-
-    Returns
-    -------
-    None, "imagenet", str or dict
-        The same spec with canonical backbone names and file paths as strings.
-    """
-    if isinstance(value, str) and "=" in value and not os.path.exists(value):
-        table = {}
-        for item in value.split(","):
-            name, sep, weights = item.partition("=")
-            if not sep or not name.strip() or not weights.strip():
-                raise ValueError(f"Invalid weights. Received: weights={value!r}; expected {_WEIGHTS_EXPECTED}.")
-            table[name.strip()] = weights.strip()
-        value = table
-    if isinstance(value, dict):
-        return {get_backbone(name).name: _one_weights(item, base_dir) for name, item in value.items()}
-    return _one_weights(value, base_dir)
-
-
-def resolve_weights(weights, names) -> Dict[str, Optional[str]]:
-    """The weights of each backbone in ``names`` from a spec (see :func:`parse_weights`).
-
-    A dict leaves backbones it does not name at ``"imagenet"``; one weights file is
-    accepted only for a single backbone.
-    """
-    spec = parse_weights(weights)
-    if isinstance(spec, dict):
-        unknown = [name for name in spec if name not in names]
-        if unknown:
-            raise ValueError(
-                f"Received weights for {unknown}, which are not among the backbones {list(names)}; "
-                f"expected weights for those backbones only."
-            )
-        return {name: spec.get(name, "imagenet") for name in names}
-    if weights_kind(spec) == "file" and len(names) > 1:
-        raise ValueError(
-            f"Received one weights file weights={spec!r} for {len(names)} backbones ({', '.join(names)}); "
-            "expected one backbone, or a dict backbone -> weights such as "
-            "{'ResNet50': 'resnet.h5', 'Xception': 'imagenet'} (command line: ResNet50=resnet.h5,Xception=imagenet)."
-        )
-    return {name: spec for name in names}
-
-
-def weights_to_text(spec):
-    """The JSON/TOML form of a parsed weights spec: ``None`` -> ``"none"`` (dicts per entry)."""
-    if isinstance(spec, dict):
-        return {name: weights_to_text(v) for name, v in spec.items()}
-    return "none" if spec is None else str(spec)
-
-
-def weights_identity(weights) -> str:
-    """A string that changes whenever the weights change (file content hash for local files)."""
-    kind = weights_kind(weights)
-    if kind == "none":
-        return f"random-init:seed={RANDOM_INIT_SEED}"
-    if kind == "imagenet":
-        return "imagenet"
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Weights file not found. Received: weights={str(weights)!r}; expected {_WEIGHTS_EXPECTED}."
-        )
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return f"file:sha256={digest.hexdigest()}"
-
-
-_SPECS = (
-    BackboneSpec("VGG16", "vgg16", "VGG16", 224, 512, "caffe"),
-    BackboneSpec("VGG19", "vgg19", "VGG19", 224, 512, "caffe"),
-    BackboneSpec("ResNet50", "resnet50", "ResNet50", 224, 2048, "caffe"),
-    BackboneSpec("ResNet101", "resnet", "ResNet101", 224, 2048, "caffe"),
-    BackboneSpec("ResNet152", "resnet", "ResNet152", 224, 2048, "caffe"),
-    BackboneSpec("ResNet50V2", "resnet_v2", "ResNet50V2", 224, 2048, "tf"),
-    BackboneSpec("InceptionV3", "inception_v3", "InceptionV3", 299, 2048, "tf", min_size=75),
-    BackboneSpec("Xception", "xception", "Xception", 299, 2048, "tf", min_size=71),
-    BackboneSpec("InceptionResNetV2", "inception_resnet_v2", "InceptionResNetV2", 299, 1536, "tf", min_size=75),
-    BackboneSpec("DenseNet121", "densenet", "DenseNet121", 224, 1024, "torch"),
-    BackboneSpec("DenseNet169", "densenet", "DenseNet169", 224, 1664, "torch"),
-    BackboneSpec("DenseNet201", "densenet", "DenseNet201", 224, 1920, "torch"),
-    BackboneSpec("EfficientNetB0", "efficientnet", "EfficientNetB0", 224, 1280, "none"),
-    BackboneSpec("EfficientNetB3", "efficientnet", "EfficientNetB3", 300, 1536, "none"),
-    BackboneSpec("MobileNetV2", "mobilenet_v2", "MobileNetV2", 224, 1280, "tf"),
-)
-
-#: name -> BackboneSpec, in a stable order.
-BACKBONES: Dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
-
-
-def get_backbone(name: Union[str, BackboneSpec]) -> BackboneSpec:
-    """Look up a backbone by name (case-insensitive).
+        Relative paths inside ``hub:`` / ``keras:`` names are taken relative to it (a config
+        file's folder); default: the current directory.
 
     Raises
     ------
     ValueError
         For an unknown name, listing the valid ones.
     """
-    if isinstance(name, BackboneSpec):
+    if _is_spec(name):
         return name
     if isinstance(name, str):
+        text = name.strip()
         if name in BACKBONES:
             return BACKBONES[name]
+        for prefix, (module, function) in PREFIXES.items():
+            if text.lower().startswith(prefix):
+                make = getattr(importlib.import_module(module), function)
+                return make(text[len(prefix):], base_dir=base_dir)
         for key, spec in BACKBONES.items():
-            if key.lower() == name.strip().lower():
+            if key.lower() == text.lower():
                 return spec
     raise ValueError(
-        f"Unknown backbone. Received: backbone={name!r}. Expected one of: {', '.join(BACKBONES)}."
+        f"Unknown backbone. Received: backbone={name!r}. Expected one of: {', '.join(BACKBONES)}; "
+        f"or {_OTHER_FORMS}."
     )
 
 
-def parse_backbones(value) -> tuple:
-    """Normalise ``"A,B"`` or a sequence of names into a tuple of registry names (no duplicates)."""
+def parse_backbones(value, base_dir: Union[str, os.PathLike, None] = None) -> tuple:
+    """Normalise ``"A,B"`` or a sequence of names into a tuple of canonical names (no duplicates)."""
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
     names = []
     for item in value:
-        spec = get_backbone(item.strip() if isinstance(item, str) else item)
+        spec = get_backbone(item.strip() if isinstance(item, str) else item, base_dir=base_dir)
         if spec.name not in names:
             names.append(spec.name)
     if not names:
         raise ValueError(f"Received: backbones={value!r}; expected at least one of: {', '.join(BACKBONES)}.")
     return tuple(names)
+
+
+def backbone_table() -> list:
+    """One dict per registry row: name, native size, minimum size, dim, preprocessing, ImageNet file."""
+    return [
+        {"name": s.name, "size": s.input_size, "min_size": s.min_size, "dim": s.dim, "preprocess": s.preprocess,
+         "weights_file": s.imagenet_weights()[0]}
+        for s in BACKBONES.values()
+    ]
