@@ -439,3 +439,13 @@ def test_mapper_pads_to_one_shape_and_never_retraces():
     assert part.shape == (3, 512) and mapper(x[:0]).shape == (0, 512)
     np.testing.assert_allclose(part, full[:3], rtol=1e-5, atol=1e-6)
     assert mapper._fn.experimental_get_tracing_count() == 1
+
+
+def test_bfloat16_rows_are_their_own_extractor_and_close_to_float32(images, reference):
+    store = _store_of(reference)
+    bf16, report = extract_with_report(images, backbones=["ResNet50"], cache_dir=store, precision="bfloat16", **SMALL)
+    assert report.backbones["ResNet50"].computed == 12  # a float32 row never answers a bfloat16 request
+    assert bf16.cache_files["ResNet50"] != reference.cache_files["ResNet50"] and bf16["ResNet50"].dtype == np.float32
+    a, b = bf16["ResNet50"], reference["ResNet50"]
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.99

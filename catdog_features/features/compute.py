@@ -76,8 +76,6 @@ def build_mapper(ex: Extractor, batch_size: int, precision: str, jit_compile: bo
     """The compiled model of an extractor (TensorFlow is imported here)."""
     from catdog_features.features.mapper import Mapper
 
-    if precision == "float32" and not jit_compile:
-        return Mapper(ex.spec, ex.weights, ex.size, batch_size)
     return Mapper(ex.spec, ex.weights, ex.size, batch_size, precision=precision, jit_compile=jit_compile)
 
 
