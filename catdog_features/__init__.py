@@ -34,6 +34,8 @@ _LAZY = {
     "CacheLockedError": "features.cache",
     "CacheWarning": "features.cache",
     "DenseHead": "heads",
+    "LinearHead": "heads",
+    "load_head": "heads",
     "lr_find": "heads",
     "sweep": "search",
     "SweepResult": "search",

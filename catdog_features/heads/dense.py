@@ -22,6 +22,7 @@ from catdog_features.heads.keras_io import export_model, load_model_weights, sav
 from catdog_features.heads.saved import (
     SavedHeadError, classes_from_json, classes_to_json, jsonable, read_sidecar, sidecar_path,
 )
+from catdog_features.heads.threads import blas_threads_for
 from catdog_features.splitting import holdout_split
 
 try:  # scikit-learn >= 1.6
@@ -345,10 +346,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             val = (X, val_idx, y_enc[val_idx])
         else:
             train_idx = np.arange(len(X))
-        if p["standardize"]:
-            mean, scale = column_stats(X, train_idx)
-        else:
-            mean, scale = np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32)
+        mean, scale = column_stats(X, train_idx) if p["standardize"] else (None, None)
         arch = trainer.Architecture(X.shape[1], p["hidden_units"], 1 if n_classes == 2 else n_classes, p["optimizer"])
         initial = trainer.glorot_uniform(np.random.default_rng(init_seed), arch)
         y_fit = y_enc.astype(np.float32 if n_classes == 2 else np.int32)
@@ -361,14 +359,14 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             epochs=p["epochs"], patience=p["patience"], batch_size=p["batch_size"], momentum=p["momentum"],
             l2=p["l2"], dropout=p["dropout"], reduce_lr_on_plateau=p["reduce_lr_on_plateau"], verbose=int(self.verbose),
         )
-        with trainer.checked_out(arch) as step:
-            step.reset(initial, mean, scale)
+        with trainer.checked_out(arch) as step, blas_threads_for(X.size):
+            step.reset(initial)
             result = trainer.run_loop(step, X, y_fit, train_idx, val, settings, schedule,
-                                      np.random.default_rng(shuffle_seed), dropout_seed, p["standardize"])
+                                      np.random.default_rng(shuffle_seed), dropout_seed, mean, scale)
         self.classes_ = classes
         self.coefs_ = result.weights[0::2]
         self.intercepts_ = result.weights[1::2]
-        self.mean_, self.scale_ = (mean, scale) if p["standardize"] else (None, None)
+        self.mean_, self.scale_ = mean, scale
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self._keras_model = None
@@ -382,7 +380,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """Class probabilities, shape (n_samples, n_classes), float64; columns follow ``classes_``."""
         check_is_fitted(self, "coefs_")
         X = _validate_data(self, X, reset=False, dtype=np.float32)
-        logits = trainer.forward_rows(X, None, self._weights(), self.mean_, self.scale_)
+        with blas_threads_for(X.size):
+            logits = trainer.forward_rows(X, None, self._weights(), self.mean_, self.scale_)
         return trainer.logits_to_proba(logits)
 
     def predict(self, X):

@@ -20,6 +20,7 @@ from catdog_features._checks import check_float, check_int
 from catdog_features.heads.saved import (
     SavedHeadError, classes_from_json, classes_to_json, jsonable, read_sidecar, sidecar_path,
 )
+from catdog_features.heads.threads import blas_threads_for
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -56,7 +57,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
     standardize : bool, default=True
         Standardise every feature with the training rows' mean and standard deviation first
         (L-BFGS converges in far fewer steps, and one C fits all features alike).
-    tol : float, default=1e-6
+    tol : float, default=1e-8
         L-BFGS tolerance (scikit-learn's ``tol``); small, so the optimum is reached.
     max_iter : int, default=2000
         L-BFGS iteration cap.
@@ -80,7 +81,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
 
     head_kind = "linear"
 
-    def __init__(self, C=None, Cs=17, cv=5, standardize=True, tol=1e-6, max_iter=2000, random_state=None):
+    def __init__(self, C=None, Cs=17, cv=5, standardize=True, tol=1e-8, max_iter=2000, random_state=None):
         self.C = C
         self.Cs = Cs
         self.cv = cv
@@ -129,7 +130,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
             X = (X - mean) / scale
         else:
             mean = scale = None
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), blas_threads_for(X.size):
             warnings.simplefilter("ignore", ConvergenceWarning)  # n_iter_ says whether max_iter was hit
             if fixed_C is None:
                 C, path = self._choose_C(X, y_enc, folds)
@@ -177,7 +178,8 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         X = _validate_data(self, X, reset=False, dtype=np.float64)
         if self.mean_ is not None:
             X = (X - self.mean_) / self.scale_
-        return _proba(X, self.coef_, self.intercept_)
+        with blas_threads_for(X.size):
+            return _proba(X, self.coef_, self.intercept_)
 
     def predict(self, X):
         """Most probable class label per row (one of ``classes_``)."""

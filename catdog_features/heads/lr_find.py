@@ -115,8 +115,7 @@ def lr_find(
     arch = trainer.Architecture(X.shape[1], p["hidden_units"], 1 if n_classes == 2 else n_classes, p["optimizer"])
     if p["standardize"]:
         mean, scale = column_stats(X, np.arange(len(X)))
-    else:
-        mean, scale = np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32)
+        X = (X - mean) / scale
     y_fit = y_enc.astype(np.float32 if n_classes == 2 else np.int32)
     rng = np.random.default_rng(order_seed)
     bs = min(p["batch_size"], len(X))
@@ -129,7 +128,7 @@ def lr_find(
 
     X_t, y_t = tf.convert_to_tensor(X), tf.convert_to_tensor(y_fit)
     with trainer.checked_out(arch) as step:
-        step.reset(trainer.glorot_uniform(np.random.default_rng(init_seed), arch), mean, scale)
+        step.reset(trainer.glorot_uniform(np.random.default_rng(init_seed), arch))
         for i, lr in enumerate(lrs):
             if pos + bs > len(perm):
                 perm, pos = rng.permutation(len(X)), 0
