@@ -25,6 +25,18 @@ PARAMS = dict(
 FAST = dict(optimizer="adam", lr=0.05, dropout=0.1, batch_size=32, random_state=0)
 
 
+@pytest.fixture(params=["numpy", "tensorflow"])
+def engine(request, monkeypatch):
+    """Run a test on each training engine (small networks train on NumPy unless told otherwise)."""
+    from catdog_features.heads import trainer
+
+    if request.param == "tensorflow":
+        monkeypatch.setattr(trainer, "NUMPY_MAX_WEIGHTS", -1)
+    trainer.POOL.clear()
+    yield request.param
+    trainer.POOL.clear()
+
+
 def blobs(n, d=16, k=2, sep=1.5, seed=0):
     """``k`` Gaussian clusters in ``d`` dims (well separated for sep >= 1.5), labels 0..k-1."""
     rng = np.random.RandomState(seed)
@@ -236,8 +248,8 @@ def test_default_learning_rates(optimizer, expected_lr):
     ("adadelta", {"learning_rate": 1.0, "rho": 0.95, "epsilon": 1e-7}),
 ])
 @pytest.mark.parametrize("hidden_units, k", [(0, 2), (6, 3)])
-def test_update_rules_are_keras_optimizers(optimizer, params, hidden_units, k):
-    """Full-batch steps without dropout: the same weights as Keras' own optimizer and loss."""
+def test_update_rules_are_keras_optimizers(optimizer, params, hidden_units, k, engine):
+    """Full-batch steps without dropout: the same weights as Keras' own optimizer and loss, on both engines."""
     import keras
 
     from catdog_features.heads import trainer
@@ -417,7 +429,7 @@ def test_fit_leaves_nothing_behind_in_tensorflow_globals():
 
 
 # ----------------------------------------------------------------------------- reproducibility and speed
-def test_reused_training_step_gives_the_predictions_of_a_fresh_one():
+def test_reused_training_step_gives_the_predictions_of_a_fresh_one(engine):
     from catdog_features.heads import trainer
 
     X, y = blobs(120, d=6, k=3, seed=16)
@@ -428,12 +440,12 @@ def test_reused_training_step_gives_the_predictions_of_a_fresh_one():
     fresh = DenseHead(**params).fit(X, y)
     DenseHead(**{**params, "lr": 0.5, "dropout": 0.0, "random_state": 9}).fit(X[::-1], y[::-1])  # same shape, other run
     reused = DenseHead(**params).fit(X, y)
-    assert trainer.POOL.built == built + 1  # one traced step served all three fits
+    assert trainer.POOL.built == built + 1  # one step served all three fits
     assert np.array_equal(reused.predict_proba(X), fresh.predict_proba(X))
     assert reused.history_ == fresh.history_
 
 
-def test_results_do_not_depend_on_global_random_state():
+def test_results_do_not_depend_on_global_random_state(engine):
     """Issue 11 #5: building backbones (keras.utils.set_random_seed) must not change a head."""
     import random
 

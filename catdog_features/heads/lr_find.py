@@ -124,11 +124,9 @@ def lr_find(
     taken, raw, smooth = [], [], []
     avg, best = 0.0, np.inf
     perm, pos = rng.permutation(len(X)), 0
-    import tensorflow as tf
-
-    X_t, y_t = tf.convert_to_tensor(X), tf.convert_to_tensor(y_fit)
     with trainer.checked_out(arch) as step:
         step.reset(trainer.glorot_uniform(np.random.default_rng(init_seed), arch))
+        X_t, y_t = step.prepare(X, y_fit)
         for i, lr in enumerate(lrs):
             if pos + bs > len(perm):
                 perm, pos = rng.permutation(len(X)), 0

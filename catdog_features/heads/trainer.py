@@ -1,18 +1,21 @@
-"""The training engine of :class:`~catdog_features.heads.DenseHead`: one traced step per architecture.
+"""The training engine of :class:`~catdog_features.heads.DenseHead`: steps reused per architecture.
 
 Keras' ``Model.fit`` costs about 0.5 s per fit (model build, compile, tracing the train and
 test functions, tf.data set-up) plus ~80 ms per epoch (callbacks, iterator, evaluation), which
-dominates a sweep of small heads. Here a head is a handful of TensorFlow variables and one
-``tf.function`` step traced once per *architecture* (features, hidden units, outputs,
-optimizer) and reused by every later fit of that architecture in the process: a fit resets
-the variables and optimizer slots and feeds its hyperparameters (learning rate, momentum,
-L2, dropout rate, seeds) as tensors, so nothing is re-traced.
+dominates a sweep of small heads. Here a head is a handful of weight arrays and a *step*, built
+once per *architecture* (features, hidden units, outputs, optimizer) and reused by every later
+fit of that architecture in the process (a fit resets weights and optimizer slots):
+
+* :class:`~catdog_features.heads.step_numpy.NumpyStep` for small networks (up to
+  :data:`NUMPY_MAX_WEIGHTS` weights): tens of microseconds per optimizer step;
+* :class:`~catdog_features.heads.step_tf.TFStep` for the rest: TensorFlow variables and one
+  ``tf.function`` (a while loop over an epoch's steps) traced once; hyperparameters are fed as
+  tensors, so nothing is re-traced.
 
 Everything random is explicit: the initial weights come from the caller (NumPy, seeded),
-dropout masks are ``tf.random.stateless_uniform`` draws keyed by ``(seed, step)``, and the
-batch order is chosen by the caller. No global random state (NumPy, Python, TensorFlow,
-Keras) is read, so a fit's result depends only on its data, hyperparameters and seeds, and a
-fit on a reused step equals a fit on a freshly traced one.
+dropout masks from the fit's dropout seed, and the batch order is chosen by the caller. No
+global random state (NumPy, Python, TensorFlow, Keras) is read, so a fit's result depends only
+on its data, hyperparameters and seeds, and a fit on a reused step equals a fit on a fresh one.
 
 The optimizers implement Keras 3's update rules (SGD with momentum, Adam, Adadelta with
 Keras 2's rho/epsilon) on plain variables. Checked-out steps are exclusive (a thread-safe
@@ -36,6 +39,8 @@ ADADELTA_RHO, ADADELTA_EPSILON = 0.95, 1e-7
 
 #: Architectures whose traced step is kept for reuse (least recently used dropped first).
 POOL_SIZE = 16
+#: Networks with up to this many weights train on the NumPy step (see :func:`make_step`).
+NUMPY_MAX_WEIGHTS = 2**16
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,10 @@ class Architecture:
     hidden_units: int  # 0: no hidden layer
     n_outputs: int  # 1: sigmoid (binary), else softmax
     optimizer: str
+
+    @property
+    def n_weights(self) -> int:
+        return int(sum(np.prod(shape) for shape in self.shapes()))
 
     def shapes(self) -> List[tuple]:
         """Shapes of the trainable variables, in order: kernel, bias per Dense layer."""
@@ -68,147 +77,22 @@ def glorot_uniform(rng: np.random.Generator, arch: Architecture) -> List[np.ndar
     return weights
 
 
-class Step:
-    """Variables, optimizer slots and the traced training step of one :class:`Architecture`."""
+def make_step(arch: Architecture):
+    """A fresh training step for ``arch``: NumPy for small networks, TensorFlow for the rest.
 
-    def __init__(self, arch: Architecture):
-        import tensorflow as tf
-
-        self.arch = arch
-        self.params = [tf.Variable(np.zeros(s, np.float32), trainable=False) for s in arch.shapes()]
-        n_slots = {"sgd": 1, "adam": 2, "adadelta": 2}[arch.optimizer]
-        self.slots = [[tf.Variable(np.zeros(s, np.float32), trainable=False) for s in arch.shapes()]
-                      for _ in range(n_slots)]
-        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        y_dtype = tf.float32 if arch.n_outputs == 1 else tf.int32
-        self._epoch = tf.function(
-            self._run_steps,
-            input_signature=[
-                tf.TensorSpec([None, arch.n_features], tf.float32),  # rows to gather from
-                tf.TensorSpec([None], y_dtype),
-                tf.TensorSpec([None], tf.int64),  # row positions, in step order
-                tf.TensorSpec([None], tf.float32),  # learning rate of each step
-                tf.TensorSpec([3], tf.float32),  # momentum, l2, dropout
-                tf.TensorSpec([], tf.int64),  # optimizer step count before the first step
-                tf.TensorSpec([], tf.int64),  # dropout seed
-                tf.TensorSpec([], tf.int64),  # batch size
-            ],
-        ).get_concrete_function()
-
-    # ------------------------------------------------------------------ state
-    def reset(self, weights: Sequence[np.ndarray]) -> None:
-        """Start a new fit: these weights, zero optimizer slots."""
-        for var, value in zip(self.params, weights):
-            var.assign(value)
-        for slot in self.slots:
-            for var in slot:
-                var.assign(np.zeros(var.shape, np.float32))
-        self.loss_sum.assign(0.0)
-
-    def weights(self) -> List[np.ndarray]:
-        """Copies of the current weights."""
-        return [np.array(v.numpy(), copy=True) for v in self.params]
-
-    def take_loss_sum(self) -> float:
-        """Sum of (batch loss x batch rows) since the last call (the data term, without L2)."""
-        value = float(self.loss_sum.numpy())
-        self.loss_sum.assign(0.0)
-        return value
-
-    # ------------------------------------------------------------------ steps
-    def train(self, X, y, rows, lrs, momentum, l2, dropout, t0, seed, batch_size) -> None:
-        """``len(lrs)`` optimizer steps on consecutive ``batch_size`` slices of ``rows`` of ``(X, y)``.
-
-        ``X``/``y`` are tensors (see :meth:`as_tensors`) or arrays; step ``t0 + i`` uses
-        ``lrs[i]`` and dropout masks keyed by ``(seed, t0 + i)``.
-        """
-        import tensorflow as tf
-
-        self._epoch(
-            X if isinstance(X, tf.Tensor) else tf.convert_to_tensor(X),
-            y if isinstance(y, tf.Tensor) else tf.convert_to_tensor(y),
-            tf.convert_to_tensor(np.asarray(rows, dtype=np.int64)),
-            tf.convert_to_tensor(np.asarray(lrs, dtype=np.float32)),
-            tf.convert_to_tensor(np.array([momentum, l2, dropout], dtype=np.float32)),
-            tf.constant(int(t0), tf.int64), tf.constant(int(seed), tf.int64), tf.constant(int(batch_size), tf.int64),
-        )
-
-    def _run_steps(self, X, y, rows, lrs, hyper, t0, seed, batch_size):
-        import tensorflow as tf
-
-        n = tf.shape(rows, out_type=tf.int64)[0]
-
-        def body(i):
-            idx = rows[i * batch_size : tf.minimum((i + 1) * batch_size, n)]
-            t = t0 + i
-            self._train_step(tf.gather(X, idx), tf.gather(y, idx), lrs[i], hyper[0], hyper[1], hyper[2],
-                             tf.cast(t, tf.float32), tf.stack([seed, t]))
-            return (i + 1,)
-
-        tf.while_loop(lambda i: i < tf.shape(lrs, out_type=tf.int64)[0], body, (tf.constant(0, tf.int64),))
-
-    def _train_step(self, xb, yb, lr, momentum, l2, dropout, iteration, seed):
-        import tensorflow as tf
-
-        arch = self.arch
-        with tf.GradientTape() as tape:
-            tape.watch(self.params)
-            x = _dropout(xb, dropout, seed)
-            n_layers = len(self.params) // 2
-            for k in range(n_layers):
-                x = tf.matmul(x, self.params[2 * k]) + self.params[2 * k + 1]
-                if k < n_layers - 1:
-                    x = _dropout(tf.nn.relu(x), dropout, seed + tf.constant([1, 0], tf.int64))
-            if arch.n_outputs == 1:
-                per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=yb, logits=x[:, 0])
-            else:
-                per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=x)
-            data_loss = tf.reduce_mean(per_row)
-            penalty = tf.add_n([tf.reduce_sum(tf.square(self.params[2 * k])) for k in range(n_layers)])
-            loss = data_loss + l2 * penalty  # Keras' L2 kernel regulariser: l2 * sum(W**2)
-        grads = tape.gradient(loss, self.params)
-        self.loss_sum.assign_add(tf.cast(data_loss, tf.float64) * tf.cast(tf.shape(xb)[0], tf.float64))
-        for k, (var, grad) in enumerate(zip(self.params, grads)):
-            self._update(k, var, grad, lr, momentum, iteration)
-
-    def _update(self, k, var, grad, lr, momentum, iteration):
-        import tensorflow as tf
-
-        opt = self.arch.optimizer
-        if opt == "sgd":  # Keras SGD: m = momentum * m - lr * g; w += m (== w - lr * g when momentum is 0)
-            m = self.slots[0][k]
-            m.assign(m * momentum - grad * lr)
-            var.assign_add(m)
-        elif opt == "adam":
-            m, v = self.slots[0][k], self.slots[1][k]
-            t = iteration + 1.0
-            alpha = lr * tf.sqrt(1.0 - tf.pow(ADAM_BETA_2, t)) / (1.0 - tf.pow(ADAM_BETA_1, t))
-            m.assign_add((grad - m) * (1.0 - ADAM_BETA_1))
-            v.assign_add((tf.square(grad) - v) * (1.0 - ADAM_BETA_2))
-            var.assign_sub(m * alpha / (tf.sqrt(v) + ADAM_EPSILON))
-        else:  # adadelta, Keras' formula
-            acc_g, acc_d = self.slots[0][k], self.slots[1][k]
-            acc_g.assign(ADADELTA_RHO * acc_g + (1.0 - ADADELTA_RHO) * tf.square(grad))
-            delta = -tf.sqrt(acc_d + ADADELTA_EPSILON) * grad / tf.sqrt(acc_g + ADADELTA_EPSILON)
-            acc_d.assign(ADADELTA_RHO * acc_d + (1.0 - ADADELTA_RHO) * tf.square(delta))
-            var.assign_add(lr * delta)
-
-
-def _dropout(x, rate, seed):
-    """Inverted dropout with a stateless mask keyed by ``seed``; the identity (no draw) when ``rate`` is 0.
-
-    The mask compares full-range random int32s with ``rate`` scaled to that range: one draw per
-    value, ~2x cheaper on CPU than uniform floats and a ``where``.
+    Per optimizer step TensorFlow costs ~0.5-1 ms of executor overhead whatever the size, NumPy
+    ~30 us plus the arithmetic; up to :data:`NUMPY_MAX_WEIGHTS` weights (every head without a
+    hidden layer on up to ~6,000 features and 10 classes, small hidden layers on small inputs)
+    the NumPy step is the faster one. The choice depends on the architecture only, so a given
+    config always trains on the same engine (same numbers).
     """
-    import tensorflow as tf
+    if arch.n_weights <= NUMPY_MAX_WEIGHTS:
+        from catdog_features.heads.step_numpy import NumpyStep
 
-    def drop():
-        bits = tf.random.stateless_uniform(tf.shape(x), seed=seed, minval=None, maxval=None, dtype=tf.int32)
-        threshold = tf.cast(tf.cast(rate, tf.float64) * 4294967296.0 - 2147483648.0, tf.int32)
-        keep = tf.cast(bits >= threshold, x.dtype)
-        return x * (keep / (1.0 - rate))
+        return NumpyStep(arch)
+    from catdog_features.heads.step_tf import TFStep
 
-    return tf.cond(rate > 0.0, drop, lambda: x)
+    return TFStep(arch)
 
 
 class _Pool:
@@ -220,16 +104,16 @@ class _Pool:
         self._lock = threading.Lock()
         self.built = 0
 
-    def take(self, arch: Architecture) -> Step:
+    def take(self, arch: Architecture):
         with self._lock:
             free = self._free.get(arch)
             if free:
                 self._free.move_to_end(arch)
                 return free.pop()
             self.built += 1
-        return Step(arch)
+        return make_step(arch)
 
-    def give(self, step: Step) -> None:
+    def give(self, step) -> None:
         with self._lock:
             self._free.setdefault(step.arch, []).append(step)
             self._free.move_to_end(step.arch)
@@ -253,10 +137,10 @@ class checked_out:
 
     def __init__(self, arch: Architecture, reuse: bool = True):
         self.arch, self.reuse = arch, reuse
-        self.step: Optional[Step] = None
+        self.step = None
 
-    def __enter__(self) -> Step:
-        self.step = POOL.take(self.arch) if self.reuse else Step(self.arch)
+    def __enter__(self):
+        self.step = POOL.take(self.arch) if self.reuse else make_step(self.arch)
         return self.step
 
     def __exit__(self, exc_type, exc, tb):
@@ -386,20 +270,18 @@ _CHUNK_BYTES = 32 * 2**20
 class _Feeder:
     """Feeds an epoch's batches to :meth:`Step.train`: the whole matrix resident, or in chunks."""
 
-    def __init__(self, X, y, batch_size: int, mean, scale):
-        import tensorflow as tf
-
+    def __init__(self, step, X, y, batch_size: int, mean, scale):
         self.X, self.y, self.batch_size, self.mean, self.scale = X, y, batch_size, mean, scale
         self.resident = X.nbytes <= RESIDENT_BYTES
         if self.resident:
-            self.Xt, self.yt = tf.convert_to_tensor(self.standardized(X)), tf.convert_to_tensor(y)
+            self.Xt, self.yt = step.prepare(self.standardized(X), y)
         rows = max(1, _CHUNK_BYTES // max(1, X.shape[1] * 4 * batch_size))
         self.chunk_rows = rows * batch_size  # whole batches per chunk
 
     def standardized(self, X):
         return X if self.mean is None else (X - self.mean) / self.scale
 
-    def epoch(self, step: Step, order, lrs, s: "LoopSettings", t0: int, seed: int) -> None:
+    def epoch(self, step, order, lrs, s: "LoopSettings", t0: int, seed: int) -> None:
         bs = self.batch_size
         if self.resident:
             step.train(self.Xt, self.yt, order, lrs, s.momentum, s.l2, s.dropout, t0, seed, bs)
@@ -411,7 +293,7 @@ class _Feeder:
                        s.momentum, s.l2, s.dropout, t0 + first, seed, bs)
 
 
-def run_loop(step: Step, X, y_fit, train_idx, val, settings: LoopSettings, schedule: Schedule,
+def run_loop(step, X, y_fit, train_idx, val, settings: LoopSettings, schedule: Schedule,
              rng: np.random.Generator, dropout_seed: int, mean=None, scale=None) -> LoopResult:
     """Train ``step`` (already reset) for up to ``settings.epochs`` epochs.
 
@@ -430,7 +312,7 @@ def run_loop(step: Step, X, y_fit, train_idx, val, settings: LoopSettings, sched
     best, best_epoch, best_weights, wait = np.inf, None, None, 0
     plateau_best, plateau_wait, factor = np.inf, 0, 1.0
     plateau_patience = max(1, s.patience // 2)
-    feed = _Feeder(X, y_fit, s.batch_size, mean, scale)
+    feed = _Feeder(step, X, y_fit, s.batch_size, mean, scale)
     t = 0
     for epoch in range(s.epochs):
         order = rng.permutation(train_idx)
