@@ -99,14 +99,21 @@ def _feature_summary(fs) -> dict:
 
 
 # --------------------------------------------------------------------------- sweep
-def build_space(backbones: Sequence[str], search_backbones: bool, overrides: Optional[dict] = None) -> dict:
-    """The reference search space with ``[sweep.space]`` overrides applied."""
-    from catdog_features.run.config import to_hyperopt
-    from catdog_features.search import default_space
+def build_space(backbones: Sequence[str], search_backbones: bool, overrides: Optional[dict] = None,
+                preset: str = "default") -> dict:
+    """The search space of a ``[sweep] space_preset`` with the ``[sweep.space]`` overrides applied.
 
-    space = default_space(backbones, search_backbones)
-    space.update(to_hyperopt(overrides or {}))
-    return space
+    ``head`` in the overrides (a kind, or ``{choice = [...]}`` of kinds) keeps those head kinds.
+    """
+    from catdog_features.run.config import to_hyperopt
+    from catdog_features.search import make_space
+
+    overrides = dict(overrides or {})
+    converted = to_hyperopt({k: v for k, v in overrides.items() if k != "head"})
+    if "head" in overrides:
+        head = overrides["head"]
+        converted["head"] = head["choice"] if isinstance(head, dict) else head
+    return make_space(preset, backbones, search_backbones, converted)
 
 
 def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, progress: bool = True,
@@ -114,14 +121,16 @@ def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, pro
     """Run (or resume, or find finished) the sweep of a run config."""
     from catdog_features.search import SweepMismatchError, sweep
 
+    preset, early = sweep_config.space_preset, sweep_config.early_stopping
     kwargs = dict(
-        space=build_space(backbones, sweep_config.search_backbones, sweep_config.space),
+        space=build_space(backbones, sweep_config.search_backbones, sweep_config.space, preset),
         max_evals=sweep_config.max_evals,
         trials_path=trials_path,
         backbones=list(backbones),
         search_backbones=sweep_config.search_backbones,
         cv=sweep_config.cv,
         validation_split=sweep_config.validation_split,
+        early_stopping=early if early is not None else ("fold" if preset == "reference" else "inner"),
         random_state=sweep_config.seed,
         head_params=sweep_config.head_params(),
         progress=progress,
@@ -135,12 +144,15 @@ def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, pro
 
 
 # --------------------------------------------------------------------------- OOF + ensemble
+def _fold_head(run: RunDir, member: str, fold: int) -> Optional[Path]:
+    """The saved fold head of a member, whatever its kind (``.keras``, ``.h5``), or None."""
+    from catdog_features.heads import find_saved_head
+
+    return find_saved_head(run.fold_model(member, fold))
+
+
 def _models_complete(run: RunDir, members, folds: int) -> bool:
-    return all(
-        run.fold_model(m["name"], k).is_file() and run.fold_model(m["name"], k).with_suffix(".keras.json").is_file()
-        for m in members
-        for k in range(folds)
-    )
+    return all(_fold_head(run, m["name"], k) is not None for m in members for k in range(folds))
 
 
 def fit_ensemble_stage(run: RunDir, members, train, test, *, folds: int = 5, seed: int = 0, method: str = "auto",
@@ -196,7 +208,7 @@ def fit_ensemble_stage(run: RunDir, members, train, test, *, folds: int = 5, see
         "format": ENSEMBLE_FORMAT,
         "extraction": settings.to_dict() if settings is not None else None,
         "members": oof.members,
-        "models": {m["name"]: [run.relative(run.fold_model(m["name"], k)) for k in range(n_folds)] for m in oof.members},
+        "models": {m["name"]: [run.relative(_fold_head(run, m["name"], k)) for k in range(n_folds)] for m in oof.members},
         "ensemble": result.to_dict(),
         "oof_key": oof.key,
         "test_failed": [list(t) for t in oof.test_failed],
@@ -213,7 +225,7 @@ def fit_ensemble_stage(run: RunDir, members, train, test, *, folds: int = 5, see
 def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> Dict[str, np.ndarray]:
     """Each member's mean fold-model probabilities on ``test`` (saved models, no refit)."""
     from catdog_features.ensemble import aligned_proba
-    from catdog_features.heads import DenseHead
+    from catdog_features.heads import load_head
 
     if test is None or len(test) == 0:
         return {}
@@ -221,7 +233,7 @@ def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> D
     for member in members:
         X = test.concat(member["backbones"])
         out[member["name"]] = np.mean(
-            [aligned_proba(DenseHead.load(run.fold_model(member["name"], k)), X, n_classes) for k in range(n_folds)], axis=0
+            [aligned_proba(load_head(_fold_head(run, member["name"], k)), X, n_classes) for k in range(n_folds)], axis=0
         )
     return out
 
@@ -267,7 +279,7 @@ class SavedEnsemble:
     def member_probabilities(self, features) -> Dict[str, np.ndarray]:
         """Each member's mean fold-model probabilities for a FeatureSet."""
         from catdog_features.ensemble import aligned_proba
-        from catdog_features.heads import DenseHead
+        from catdog_features.heads import load_head
 
         n_classes = len(self.result.class_names)
         out = {}
@@ -276,7 +288,7 @@ class SavedEnsemble:
             if not paths:
                 raise FileNotFoundError(f"No saved fold models for member {member['name']!r} in {self.run.root}.")
             X = features.concat(member["backbones"])
-            out[member["name"]] = np.mean([aligned_proba(DenseHead.load(p), X, n_classes) for p in paths], axis=0)
+            out[member["name"]] = np.mean([aligned_proba(load_head(p), X, n_classes) for p in paths], axis=0)
         return out
 
     def predict_features(self, features) -> np.ndarray:
