@@ -389,3 +389,163 @@ def test_timeout_stops_starting_trials_and_a_rerun_continues(tmp_path, fast_head
     monkeypatch.setattr(FastHead, "fit", original_fit)
     second = run(blocks, y, max_evals=len(first.trials) + 2, trials_path=path, progress=False)
     assert second.trials[: len(first.trials)] == first.trials and second.timings["n_new"] == 2
+
+
+# ----------------------------------------------------------------------------- the default space and objective
+def test_default_space_beats_a_fixed_logistic_regression_where_no_hidden_layer_is_needed(tmp_path):
+    """Issue 13: a linear problem with many noise features; the real heads, the default sweep."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 60)) * rng.uniform(0.5, 30.0, size=60)
+    y = ((X[:, :4] / X[:, :4].std(axis=0)) @ np.array([1.0, -1.0, 0.7, 0.5]) + rng.logistic(size=400) > 0).astype(int)
+    X_tr, X_te, y_tr, y_te = train_test_split(X.astype(np.float32), y, test_size=0.5, stratify=y, random_state=0)
+    fixed = log_loss(y_te, LogisticRegression(max_iter=5000).fit(X_tr, y_tr).predict_proba(X_te))
+    result = sweep(X_tr, y_tr, max_evals=8, n_startup_jobs=4, trials_path=tmp_path / "t.sqlite", progress=False)
+    assert {t["params"]["head"] for t in result.trials} == {"dense", "linear"}
+    ours = log_loss(y_te, result.best_estimator().fit(X_tr, y_tr).predict_proba(X_te))
+    assert ours < 0.9 * fixed, (ours, fixed, result.best_params)
+
+
+def test_cv_objective_on_small_data_holdout_on_large(fast_head, tmp_path):
+    from catdog_features.search import AUTO_FOLDS, CV_BELOW_ROWS, read_trials
+
+    small = make_blocks(n=200)
+    result = run(*small, max_evals=2, cv="auto", trials_path=tmp_path / "small.sqlite")
+    assert all(len(t["fold_losses"]) == AUTO_FOLDS for t in result.trials)
+    assert [t["loss"] for t in result.trials] == [pytest.approx(np.mean(t["fold_losses"])) for t in result.trials]
+    assert len(FastHead.fits) == 2 * AUTO_FOLDS and {len(v) for _, _, v in FastHead.fits} == {40}
+    assert read_trials(tmp_path / "small.sqlite")[1]["objective"]["cv"] == AUTO_FOLDS
+    table = result.format_table()
+    assert "fold sd" in table and "fold min-max" in table and f"mean over {AUTO_FOLDS} CV folds" in table
+    FastHead.fits = []
+    large = make_blocks(n=CV_BELOW_ROWS)
+    result = run(*large, max_evals=1, cv="auto")
+    assert len(result.trials[0]["fold_losses"]) == 1 and len(FastHead.fits) == 1
+    assert len(FastHead.fits[0][2]) == int(0.2 * CV_BELOW_ROWS)
+    assert "fold sd" not in result.format_table()
+
+
+def test_inner_early_stopping_never_shows_the_scored_rows_to_the_head(fast_head):
+    blocks, y = make_blocks(n=100)
+    run(blocks, y, max_evals=2, cv=4, early_stopping="inner")
+    assert all(x_val is None for _, _, x_val in FastHead.fits)  # fit(X, y): the head splits its own part
+    assert {len(x) for _, x, _ in FastHead.fits} == {75}
+
+
+def test_head_kinds_and_fixed_settings(fast_head, tmp_path):
+    blocks, y = make_blocks()
+    result = run(blocks, y, space="default", max_evals=12, n_startup_jobs=12, head_params={"epochs": 7},
+                 early_stopping="inner")
+    kinds = {t["params"]["head"] for t in result.trials}
+    assert kinds == {"dense", "linear"}
+    for t in result.trials:
+        assert t["status"] == "ok", t["error"]
+        if t["params"]["head"] == "linear":
+            assert set(t["params"]) == {"head", "C", "random_state"}  # no dense settings leak in
+        else:
+            assert t["params"]["epochs"] == 7 and t["params"]["standardize"] is True
+            assert t["params"]["optimizer"] in ("adam", "sgd", "adadelta")
+    with pytest.raises(ValueError, match="Unknown search-space keys.*'cycle'"):
+        run(blocks, y, space="default", max_evals=1, head_params={"cycle": 3})
+
+
+def test_best_estimator_is_unfitted_and_refits(fast_head):
+    from catdog_features.heads import LinearHead
+
+    blocks, y = make_blocks()
+    result = run(blocks, y, space={"head": "linear", "C": hp.loguniform("C", -3, 3)}, max_evals=3,
+                 search_backbones=False)
+    est = result.best_estimator()
+    assert isinstance(est, LinearHead) and not hasattr(est, "coef_")
+    assert est.get_params()["C"] == result.best_params["C"]
+    assert result.best_estimator() is not est  # a new one each time
+    X = np.hstack([blocks[b] for b in result.best_backbones])
+    assert est.fit(X, y).predict_proba(X).shape == (len(y), 2)
+    with pytest.raises(ValueError, match="no successful trial"):
+        SweepResult.from_trials([]).best_estimator()
+
+
+def test_reference_preset_resumes_a_trials_file_of_the_old_default_space(tmp_path, fast_head):
+    """Trials files written before the default changed (the old default was the reference space) resume."""
+    old_space = {
+        "lr": hp.loguniform("lr", np.log(0.001), np.log(0.01)), "decay": hp.uniform("decay", 0.0005, 0.05),
+        "momentum": hp.choice("momentum", [0.5, 0.8, 0.9]), "dropout": hp.choice("dropout", [0.1, 0.2, 0.3, 0.5]),
+        "optimizer": "sgd", "epochs": 200, "patience": 8,
+        "backbones": backbone_space(["A", "B", "C"]),
+    }
+    blocks, y = make_blocks()
+    path = tmp_path / "t.sqlite"
+    run(blocks, y, space=old_space, max_evals=2, trials_path=path)
+    resumed = sweep(blocks, y, space="reference", cv=None, max_evals=3, trials_path=path, progress=False)
+    assert len(resumed.trials) == 3 and resumed.timings["n_new"] == 1
+
+
+# ----------------------------------------------------------------------------- issue 11: the trials file
+def test_new_refuses_while_another_sweep_holds_the_file(tmp_path, fast_head):
+    """Issue 11 #4: --new used to rename a live sweep's file aside."""
+    path = tmp_path / "t.sqlite"
+    blocks, y = make_blocks()
+    run(blocks, y, max_evals=1, trials_path=path)
+    with search.TrialStore(path):  # a running sweep
+        with pytest.raises(search.TrialsBusyError, match="Another sweep is using"):
+            run(blocks, y, max_evals=1, trials_path=path, new=True)
+        assert path.exists() and not list(tmp_path.glob("t.*.bak.sqlite"))
+    assert len(run(blocks, y, max_evals=1, trials_path=path, new=True).trials) == 1
+    assert len(list(tmp_path.glob("t.*.bak.sqlite"))) == 1
+
+
+@pytest.mark.parametrize("column, value, problem", [
+    ("loss", None, "finite log loss >= 0; found loss=None"),
+    ("loss", -0.5, "finite log loss >= 0; found loss=-0.5"),
+    ("tid", 2**40, "tid must be an integer"),
+    ("params", "{not json", "params is not valid JSON"),
+    ("backbones", '["Z"]', "not a subset of this sweep's"),
+    ("status", "great", "neither 'ok' nor 'fail'"),
+    ("hyperopt_vals", "[1, 2]", "hyperopt_vals is not a JSON object"),
+    ("fold_losses", "[0.1, -1]", "fold_losses must be"),
+])
+def test_corrupt_rows_are_refused_naming_the_file_and_row(tmp_path, fast_head, column, value, problem):
+    """Issue 11 #8: rows that used to raise TypeError / OverflowError / JSONDecodeError, or become 'best'."""
+    path = tmp_path / "t.sqlite"
+    blocks, y = make_blocks()
+    run(blocks, y, max_evals=3, trials_path=path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE trials SET {column} = ? WHERE tid = 1", (value,))
+    for read in (lambda: run(blocks, y, max_evals=4, trials_path=path), lambda: search.read_trials(path)):
+        with pytest.raises(search.TrialsFileError) as info:
+            read()
+        message = str(info.value)
+        rowid = value if column == "tid" else 1  # tid is the rowid
+        assert str(path) in message and f"rowid {rowid}" in message and problem in message and "--new" in message
+    # the corrected file resumes; nothing was written meanwhile
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM trials WHERE rowid = ?", (rowid,))
+    assert [t["tid"] for t in run(blocks, y, max_evals=3, trials_path=path).trials] == [0, 2, 3]
+
+
+def test_a_full_disk_stops_the_sweep_with_a_plain_message_and_loses_nothing(tmp_path, fast_head, monkeypatch):
+    """Issue 11 #1: SQLite's own 'database or disk is full' (its page limit), not a mock of it."""
+    path = tmp_path / "t.sqlite"
+    blocks, y = make_blocks()
+    run(blocks, y, max_evals=2, trials_path=path)
+    real_connect = sqlite3.connect
+
+    def connect_with_a_full_disk(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow: SQLITE_FULL on the next page
+        return conn
+
+    monkeypatch.setattr("catdog_features.search.trials.sqlite3.connect", connect_with_a_full_disk)
+    with pytest.raises(search.TrialsWriteError) as info:
+        run(blocks, y, max_evals=200, trials_path=path)
+    message = str(info.value)
+    assert str(path) in message and "disk is full" in message and "safe" in message and "run the same command" in message
+    assert isinstance(info.value, OSError)
+    monkeypatch.setattr("catdog_features.search.trials.sqlite3.connect", real_connect)
+    kept = search.read_trials(path)[0]
+    assert len(kept) >= 2 and [t["tid"] for t in kept] == list(range(len(kept)))
+    assert len(run(blocks, y, max_evals=len(kept) + 1, trials_path=path).trials) == len(kept) + 1
