@@ -259,8 +259,8 @@ def test_members_from_sweep_trials_top_k_distinct():
     assert members[0]["backbones"] == ["A", "B"] == members[2]["backbones"]
     assert members[2]["params"] == {"head": "linear"}
     assert [m["name"] for m in members_from_sweep(trials, top_k=2, linear=False)] == ["t2", "t4"]
-    linear_trial = {"tid": 5, "status": "ok", "loss": 0.4, "params": {"head": "linear", "C": 0.1}, "backbones": ["B"]}
-    assert [m["name"] for m in members_from_sweep(trials + [linear_trial], top_k=2)] == ["t2", "t4", "t5"]
+    linear_trial = {"tid": 5, "status": "ok", "loss": 0.01, "params": {"head": "linear", "C": 0.1}, "backbones": ["B"]}
+    assert [m["name"] for m in members_from_sweep(trials + [linear_trial], top_k=2)] == ["t5", "t2", "linear"]
     with pytest.raises(ValueError, match="no successful trials"):
         members_from_sweep([trials[1]])
 

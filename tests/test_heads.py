@@ -19,7 +19,7 @@ from catdog_features.heads import LRFindResult
 
 PARAMS = dict(
     dropout=0.5, optimizer="adadelta", lr=None, momentum=0.0, decay=0.0, l2=0.0, standardize=False, epochs=200, patience=8,
-    batch_size=128, validation_split=0.2, hidden_units=0, reduce_lr_on_plateau=False,
+    batch_size=128, validation_split=0.2, refit=False, hidden_units=0, reduce_lr_on_plateau=False,
     schedule=None, cycle_epochs=10, cycle_mult=1.0, verbose=0, random_state=None,
 )
 FAST = dict(optimizer="adam", lr=0.05, dropout=0.1, batch_size=32, random_state=0)
@@ -518,3 +518,19 @@ def test_a_crafted_keras_file_is_refused_clearly_and_runs_nothing(binary, tmp_pa
     path.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(SavedHeadError, match="h.keras"):
         DenseHead.load(path)
+
+
+def test_refit_trains_on_all_rows_for_the_scaled_best_epoch():
+    X, y = blobs(200, d=6, sep=0.6, seed=20)
+    params = dict(optimizer="adam", lr=0.01, dropout=0.1, epochs=60, patience=5, batch_size=32, random_state=1)
+    plain = DenseHead(**params).fit(X, y)
+    refit = DenseHead(**params, refit=True).fit(X, y)
+    assert plain.refit_epochs_ is None and refit.best_epoch_ == plain.best_epoch_
+    assert refit.refit_epochs_ == round((plain.best_epoch_ + 1) / 0.8)
+    assert refit.history_ == plain.history_  # the early-stopping run
+    # the kept head is a fresh run on all 200 rows: that run, reproduced by hand
+    by_hand = DenseHead(**{**params, "epochs": refit.refit_epochs_, "validation_split": 0}).fit(X, y)
+    assert np.array_equal(refit.predict_proba(X), by_hand.predict_proba(X))
+    # with explicit validation data there is nothing to add back
+    explicit = DenseHead(**params, refit=True).fit(X[:150], y[:150], validation_data=(X[150:], y[150:]))
+    assert explicit.refit_epochs_ is None

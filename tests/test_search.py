@@ -29,7 +29,7 @@ class FastHead:
     fits = []  # (params, X_train, X_val) of every fit, reset per test
 
     def __init__(self, dropout=0.5, optimizer="adadelta", lr=None, momentum=0.0, decay=0.0, l2=0.0, standardize=False,
-                 epochs=200, patience=8, batch_size=128, validation_split=0.2, hidden_units=0,
+                 epochs=200, patience=8, batch_size=128, validation_split=0.2, refit=False, hidden_units=0,
                  reduce_lr_on_plateau=False, schedule=None, cycle_epochs=10, cycle_mult=1.0, verbose=0,
                  random_state=None):
         self.params = dict(dropout=dropout, optimizer=optimizer, lr=lr, momentum=momentum, decay=decay,

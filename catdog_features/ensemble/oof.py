@@ -66,12 +66,12 @@ def members_from_sweep(result, top_k: int = 5, linear: bool = True) -> List[dict
     ``result`` is a :class:`~catdog_features.search.SweepResult` (uses ``result.top``) or
     a list of trial dicts (``status``, ``loss``, ``params``, ``backbones``, ``tid``).
 
-    With ``linear`` (the default) the members include a logistic-regression head
-    (:class:`~catdog_features.heads.LinearHead`) on the best trial's backbones: the sweep's
-    best linear trial if it is not among the top ``top_k`` already, else (no linear trial)
-    one named :data:`LINEAR_MEMBER` with C chosen by cross-validation inside each fold. The
-    blend can then put all its weight on it, so the ensemble's OOF log loss is never worse
-    than a tuned logistic regression's.
+    With ``linear`` (the default) the members also include :data:`LINEAR_MEMBER`, a
+    logistic-regression head (:class:`~catdog_features.heads.LinearHead`) on the best
+    trial's backbones with C chosen by cross-validation inside each fold: unlike a linear
+    trial of the sweep, its C is not picked among many draws on the same rows, so its OOF
+    score is honest, and the blend can put all its weight on it (the ensemble's OOF log loss
+    is then never worse than a tuned logistic regression's).
     """
     from catdog_features.search.result import SweepResult
 
@@ -81,14 +81,9 @@ def members_from_sweep(result, top_k: int = 5, linear: bool = True) -> List[dict
     if not trials:
         raise ValueError("The sweep has no successful trials; run more evaluations before ensembling.")
     members = [_trial_member(t) for t in trials]
-    if linear and not any(_kind(t["params"]) == "linear" for t in trials):
-        best_linear = next((t for t in result.top(len(result.trials), distinct=True)
-                            if _kind(t["params"]) == "linear"), None)
-        if best_linear is not None:
-            members.append(_trial_member(best_linear))
-        else:
-            members.append({"name": LINEAR_MEMBER, "params": {"head": "linear"}, "backbones": list(trials[0]["backbones"]),
-                            "trial": None, "sweep_loss": None, "best_epoch": None})
+    if linear:
+        members.append({"name": LINEAR_MEMBER, "params": {"head": "linear"}, "backbones": list(trials[0]["backbones"]),
+                        "trial": None, "sweep_loss": None, "best_epoch": None})
     return members
 
 

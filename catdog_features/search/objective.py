@@ -13,6 +13,8 @@ The objective (:class:`Objective`):
   ``validation_split`` of the training part, so the scored fold is data the head never saw,
   exactly as the ensemble's fold models are trained later; ``"fold"``: the scored fold also
   drives early stopping (the reference recipe's way; optimistic, kept for its reproduction).
+
+Dense heads with ``refit=True`` are scored without the refit (see :func:`score_config`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class Objective:
                "loss": "log_loss"}
         if self.early_stopping != "fold":
             out["early_stopping"] = self.early_stopping
+        if self.cv is not None:
+            out["cv_folds"] = "derived seed"  # search.data.cv_fold_seed (files before it used random_state)
         return out
 
 
@@ -102,7 +106,9 @@ def score_config(params: Mapping[str, Any], x, y, bounds: Sequence[tuple], n_cla
     epochs: List[int] = []
     for start, stop in bounds:
         x_tr, y_tr, x_val, y_val = _fold(x, y, start, stop)
-        head = build_head(params)
+        # a dense head's final refit on all its rows (``refit``) would double the cost of a
+        # trial and only add the early-stopping rows back: trials are scored without it
+        head = build_head({**params, "refit": False} if kind == "dense" and params.get("refit") else params)
         if kind == "dense" and early_stopping == "fold":
             head.fit(x_tr, y_tr, validation_data=(x_val, y_val))
         else:

@@ -34,7 +34,7 @@ HEAD_KEY = "head"  # == catdog_features.heads.HEAD_KEY (not imported: heads pull
 SPACE_PRESETS = ("default", "reference")
 
 #: The default space's dense branch, per optimizer: learning-rate range (log-uniform).
-DEFAULT_LR_RANGES = {"adam": (1e-4, 3e-2), "sgd": (1e-3, 0.3), "adadelta": (0.03, 3.0)}
+DEFAULT_LR_RANGES = {"adam": (3e-4, 3e-2), "sgd": (3e-3, 0.3), "adadelta": (0.1, 3.0)}
 
 
 def backbone_space(backbones: Sequence[str]):
@@ -104,9 +104,9 @@ def _optimizer_branches(optimizers: Sequence[str], lr=None) -> List[Dict[str, An
 def dense_branch(overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The default space's dense-head branch, with ``overrides`` (hyperopt expressions or constants).
 
-    Standardised inputs; adam / SGD (with or without momentum) / adadelta, each with its own
-    log-uniform learning-rate range; L2 weight decay off or log-uniform in [1e-6, 1e-1]; input
-    dropout 0 / 0.1 / 0.25 / 0.5; no hidden layer or 256 ReLU units; batch 64; up to 400
+    Standardised inputs and a refit on all rows after early stopping (``refit``); adam / SGD
+    (with or without momentum) / adadelta, each with its own log-uniform learning-rate range; L2 weight decay off or log-uniform in [1e-6, 1e-1]; input
+    dropout 0 / 0.1 / 0.25 / 0.5; no hidden layer or 128 ReLU units; batch 64; up to 400
     epochs with patience 20 (heads converge: a trial stopped at its epoch cap wastes it).
     An ``optimizer`` override (a constant or a choice) restricts the optimizers; an ``lr``
     override replaces every optimizer's range.
@@ -132,8 +132,9 @@ def dense_branch(overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
         "optimizer": opt_expr,
         "l2": hp.choice("l2_on", [0.0, hp.loguniform("l2", math.log(1e-6), math.log(1e-1))]),
         "dropout": hp.choice("dropout", [0.0, 0.1, 0.25, 0.5]),
-        "hidden_units": hp.choice("hidden_units", [0, 256]),
+        "hidden_units": hp.choice("hidden_units", [0, 128]),
         "standardize": True,
+        "refit": True,
         "batch_size": 64,
         "epochs": 400,
         "patience": 20,
