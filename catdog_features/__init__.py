@@ -36,6 +36,8 @@ _LAZY = {
     "StoreWriteError": "features.shard",
     "FeatureStore": "features.store",
     "DenseHead": "heads",
+    "LinearHead": "heads",
+    "load_head": "heads",
     "lr_find": "heads",
     "sweep": "search",
     "SweepResult": "search",

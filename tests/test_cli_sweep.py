@@ -53,7 +53,8 @@ def test_default_trials_file_depends_on_settings_but_not_budget():
 
     assert path() == path("--max-evals", "500", "--timeout", "60", "--quiet")
     for extra in (["--cv", "3"], ["--seed", "1"], ["--epochs", "5"], ["--no-search-backbones"], ["--weights", "none"],
-                  ["--image-size", "64"], ["--validation-split", "0.3"], ["--labels-csv", "x.csv"]):
+                  ["--image-size", "64"], ["--validation-split", "0.3"], ["--labels-csv", "x.csv"],
+                  ["--space", "reference"], ["--early-stopping", "fold"], ["--cv", "0"]):
         assert path(*extra) != path(), extra
 
 
@@ -84,8 +85,24 @@ def test_sweep_help_does_not_import_tensorflow():
     (["--validation-split", "1.5"], "fraction in (0, 1)"),
     (["--cv", "1"], "integer >= 2 folds"),
     (["--epochs", "0"], "integer >= 1"),
+    (["--max-evals", "0"], "--max-evals: expected an integer >= 1, received '0'"),  # issue 11: run failed later
+    (["--space", "fancy"], "invalid choice: 'fancy'"),
 ])
 def test_sweep_command_rejects_bad_options(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):
         main(["sweep", "--data", str(tmp_path), *args])
     assert message in capsys.readouterr().err
+
+
+def test_sweep_command_new_refuses_while_a_sweep_runs(kaggle_dir, cache, tmp_path, capsys):
+    """Issue 11 #4: `sweep --new` renamed a running sweep's trials file aside."""
+    from catdog_features.search import TrialStore
+
+    trials = tmp_path / "live.sqlite"
+    argv = ["sweep", "--data", str(kaggle_dir / "train"), "--cache", str(cache), "--trials", str(trials), *BASE]
+    assert main([*argv, "--max-evals", "1"]) == 0
+    capsys.readouterr()
+    with TrialStore(trials):  # the running sweep holds the file
+        assert main([*argv, "--max-evals", "1", "--new"]) == 2
+    assert "Another sweep is using the trials file" in capsys.readouterr().err
+    assert trials.exists() and n_trials(trials) == 1 and not list(tmp_path.glob("live.*.bak.sqlite"))

@@ -24,6 +24,7 @@ def with_(section, key, value):
     ({"extract": {}}, "[data] train: missing"),
     (with_("sweep", "max_evals", -1), "[sweep] max_evals: received -1; expected an integer >= 1"),
     (with_("sweep", "max_evals", 0), "[sweep] max_evals: received 0; expected an integer >= 1, at most 100000"),
+    (with_("sweep", "space_preset", "fancy"), "[sweep] space_preset: received 'fancy'; expected \"default\" or \"reference\""),
     (with_("sweep", "max_evals", "10"), "[sweep] max_evals: received '10'"),
     (with_("sweep", "search_backbones", "yes"), "[sweep] search_backbones: received 'yes'; expected true or false"),
     (with_("sweep", "cv", 1), "[sweep] cv: received 1; expected an integer >= 2 (or 0"),
@@ -70,7 +71,8 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.extract.backbones == ("ResNet50", "InceptionV3", "Xception")
     assert config.extract.weights == "imagenet" and config.extract.image_size is None
     assert config.extract.cache_dir == base / "features_cache"
-    assert config.sweep.max_evals == 100 and config.sweep.search_backbones and config.sweep.cv is None
+    assert config.sweep.max_evals == 100 and config.sweep.search_backbones and config.sweep.cv == "auto"
+    assert config.sweep.space_preset == "default" and config.sweep.early_stopping is None
     assert (config.ensemble.folds, config.ensemble.top_k, config.ensemble.method, config.ensemble.clip) == (5, 5, "auto", "auto")
     assert config.output.dir == base / "runs" / "exp"
     assert config.to_dict()["data"]["train"] == str(base / "data" / "train")

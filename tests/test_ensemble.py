@@ -254,8 +254,13 @@ def test_members_from_sweep_trials_top_k_distinct():
         {"tid": 4, "status": "ok", "loss": 0.25, "params": {"dropout": 0.1}, "backbones": ["B"]},
     ]
     members = members_from_sweep(trials, top_k=2)
-    assert [m["name"] for m in members] == ["t2", "t4"]
-    assert members[0]["backbones"] == ["A", "B"]
+    # plus a logistic-regression member on the best trial's backbones (issue 13), C chosen by CV
+    assert [m["name"] for m in members] == ["t2", "t4", "linear"]
+    assert members[0]["backbones"] == ["A", "B"] == members[2]["backbones"]
+    assert members[2]["params"] == {"head": "linear"}
+    assert [m["name"] for m in members_from_sweep(trials, top_k=2, linear=False)] == ["t2", "t4"]
+    linear_trial = {"tid": 5, "status": "ok", "loss": 0.01, "params": {"head": "linear", "C": 0.1}, "backbones": ["B"]}
+    assert [m["name"] for m in members_from_sweep(trials + [linear_trial], top_k=2)] == ["t5", "t2", "linear"]
     with pytest.raises(ValueError, match="no successful trials"):
         members_from_sweep([trials[1]])
 

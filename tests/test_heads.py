@@ -18,11 +18,23 @@ from catdog_features import DenseHead, lr_find
 from catdog_features.heads import LRFindResult
 
 PARAMS = dict(
-    dropout=0.5, optimizer="adadelta", lr=None, momentum=0.0, decay=0.0, epochs=200, patience=8,
-    batch_size=128, validation_split=0.2, hidden_units=0, reduce_lr_on_plateau=False,
+    dropout=0.5, optimizer="adadelta", lr=None, momentum=0.0, decay=0.0, l2=0.0, standardize=False, epochs=200, patience=8,
+    batch_size=128, validation_split=0.2, refit=False, hidden_units=0, reduce_lr_on_plateau=False,
     schedule=None, cycle_epochs=10, cycle_mult=1.0, verbose=0, random_state=None,
 )
 FAST = dict(optimizer="adam", lr=0.05, dropout=0.1, batch_size=32, random_state=0)
+
+
+@pytest.fixture(params=["numpy", "tensorflow"])
+def engine(request, monkeypatch):
+    """Run a test on each training engine (small networks train on NumPy unless told otherwise)."""
+    from catdog_features.heads import trainer
+
+    if request.param == "tensorflow":
+        monkeypatch.setattr(trainer, "NUMPY_MAX_WEIGHTS", -1)
+    trainer.POOL.clear()
+    yield request.param
+    trainer.POOL.clear()
 
 
 def blobs(n, d=16, k=2, sep=1.5, seed=0):
@@ -209,28 +221,60 @@ def test_predict_proba_rejects_wrong_width(binary):
 
 # ----------------------------------------------------------------------------- learning-rate schedules
 def test_sgd_decay_is_keras2_time_based_decay():
-    import keras
-
     # The schedule itself, step by step: lr / (1 + decay * iterations).
+    from catdog_features.heads.trainer import Schedule
+
+    schedule = Schedule(lr=0.1, decay=0.05)
+    for k in (0, 1, 7, 12, 1000):
+        assert schedule.at(k) == pytest.approx(0.1 / (1 + 0.05 * k), rel=1e-12)
     X, y = blobs(64, d=4, seed=6)
     head = DenseHead(optimizer="sgd", lr=0.1, momentum=0.9, decay=0.05, epochs=3, batch_size=16,
                      validation_split=0, random_state=0).fit(X, y)
-    opt = head.model_.optimizer
-    assert isinstance(opt, keras.optimizers.SGD) and float(opt.momentum) == pytest.approx(0.9)
-    assert int(opt.iterations) == 12  # 3 epochs x 4 batches
-    schedule = opt._learning_rate
-    for k in (0, 1, 7, 12, 1000):
-        assert float(schedule(k)) == pytest.approx(0.1 / (1 + 0.05 * k), rel=1e-6)
-    # history_["lr"]: the rate at the start of each epoch (after 0, 4 and 8 steps)
-    np.testing.assert_allclose(head.history_["lr"], [0.1 / (1 + 0.05 * k) for k in (0, 4, 8)], rtol=1e-6)
-    assert float(opt.learning_rate) == pytest.approx(0.1 / (1 + 0.05 * 12), rel=1e-6)
+    # history_["lr"]: the rate at the start of each epoch (after 0, 4 and 8 steps of 4 batches each)
+    np.testing.assert_allclose(head.history_["lr"], [0.1 / (1 + 0.05 * k) for k in (0, 4, 8)], rtol=1e-12)
 
 
 @pytest.mark.parametrize("optimizer, expected_lr", [("adadelta", 1.0), ("sgd", 0.01), ("adam", 0.001)])
 def test_default_learning_rates(optimizer, expected_lr):
-    head = DenseHead(optimizer=optimizer)
-    opt = head._make_optimizer(head._checked_params(), steps_per_epoch=1)
-    assert float(opt.learning_rate) == pytest.approx(expected_lr)
+    X, y = blobs(32, d=4, seed=6)
+    head = DenseHead(optimizer=optimizer, epochs=1, validation_split=0, random_state=0).fit(X, y)
+    assert head.history_["lr"] == [pytest.approx(expected_lr)]
+
+
+@pytest.mark.parametrize("optimizer, params", [
+    ("sgd", {"learning_rate": 0.1, "momentum": 0.9}),
+    ("sgd", {"learning_rate": 0.05}),
+    ("adam", {"learning_rate": 0.01}),
+    ("adadelta", {"learning_rate": 1.0, "rho": 0.95, "epsilon": 1e-7}),
+])
+@pytest.mark.parametrize("hidden_units, k", [(0, 2), (6, 3)])
+def test_update_rules_are_keras_optimizers(optimizer, params, hidden_units, k, engine):
+    """Full-batch steps without dropout: the same weights as Keras' own optimizer and loss, on both engines."""
+    import keras
+
+    from catdog_features.heads import trainer
+    from catdog_features.heads.dense import derive_seeds
+
+    X, y = blobs(48, d=5, k=k, seed=21)
+    epochs, l2 = 6, 0.01
+    head = DenseHead(optimizer=optimizer, lr=params["learning_rate"], momentum=params.get("momentum", 0.0), l2=l2,
+                     dropout=0.0, hidden_units=hidden_units, epochs=epochs, batch_size=len(X), validation_split=0,
+                     random_state=3).fit(X, y)
+    arch = trainer.Architecture(5, hidden_units, 1 if k == 2 else k, optimizer)
+    init = trainer.glorot_uniform(np.random.default_rng(derive_seeds(3, 4)[2]), arch)
+    reg = keras.regularizers.L2(l2)
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=reg)(inputs) if hidden_units else inputs
+    model = keras.Model(inputs, keras.layers.Dense(arch.n_outputs, kernel_regularizer=reg)(x))
+    model.set_weights(init)
+    cls = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adadelta": keras.optimizers.Adadelta}[optimizer]
+    model.compile(optimizer=cls(**params), loss=keras.losses.BinaryCrossentropy(from_logits=True) if k == 2
+                  else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    target = y.astype(np.float32).reshape(-1, 1) if k == 2 else y
+    for _ in range(epochs):
+        model.train_on_batch(X, target)
+    for ours, theirs in zip([w for pair in zip(head.coefs_, head.intercepts_) for w in pair], model.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
 
 
 def test_cosine_restarts_anneal_and_restart_each_cycle():
@@ -274,13 +318,21 @@ def test_save_load_round_trip(multiclass, tmp_path):
     assert loaded.n_features_in_ == 16
 
 
-def test_save_load_keeps_a_decay_schedule(tmp_path):
+def test_save_load_keeps_settings_and_standardisation(tmp_path):
+    import keras
+
     X, y = blobs(48, d=4, seed=9)
-    head = DenseHead(optimizer="sgd", lr=0.1, decay=0.01, epochs=2, batch_size=16, validation_split=0,
-                     random_state=0).fit(X, y)
-    loaded = DenseHead.load(head.save(tmp_path / "sgd.keras"))
+    X = X * np.array([1.0, 10.0, 100.0, 0.01], np.float32) + 50.0
+    head = DenseHead(optimizer="sgd", lr=0.1, decay=0.01, l2=1e-3, standardize=True, hidden_units=3, epochs=2,
+                     batch_size=16, validation_split=0, random_state=0).fit(X, y)
+    path = head.save(tmp_path / "sgd.keras")
+    loaded = DenseHead.load(path)
     assert np.array_equal(loaded.predict_proba(X), head.predict_proba(X))
-    assert float(loaded.model_.optimizer._learning_rate(10)) == pytest.approx(0.1 / 1.1, rel=1e-6)
+    assert loaded.get_params() == head.get_params()
+    assert np.array_equal(loaded.mean_, head.mean_) and np.array_equal(loaded.scale_, head.scale_)
+    # the .keras file is a plain Keras model of the same network, standardisation included
+    plain = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(plain.predict(X, verbose=0)[:, 0], head.predict_proba(X)[:, 1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["head.h5", "head"])
@@ -374,3 +426,111 @@ def test_fit_leaves_nothing_behind_in_tensorflow_globals():
     gc.collect()
     assert X_ref() is None  # the tf.data pipelines' callables no longer hold the features
     assert head.predict_proba(blobs(8, d=4, seed=15)[0]).shape == (8, 2)
+
+
+# ----------------------------------------------------------------------------- reproducibility and speed
+def test_reused_training_step_gives_the_predictions_of_a_fresh_one(engine):
+    from catdog_features.heads import trainer
+
+    X, y = blobs(120, d=6, k=3, seed=16)
+    params = dict(optimizer="adam", lr=0.02, dropout=0.3, hidden_units=5, l2=1e-3, standardize=True, epochs=6,
+                  batch_size=32, random_state=4)
+    trainer.POOL.clear()
+    built = trainer.POOL.built
+    fresh = DenseHead(**params).fit(X, y)
+    DenseHead(**{**params, "lr": 0.5, "dropout": 0.0, "random_state": 9}).fit(X[::-1], y[::-1])  # same shape, other run
+    reused = DenseHead(**params).fit(X, y)
+    assert trainer.POOL.built == built + 1  # one step served all three fits
+    assert np.array_equal(reused.predict_proba(X), fresh.predict_proba(X))
+    assert reused.history_ == fresh.history_
+
+
+def test_results_do_not_depend_on_global_random_state(engine):
+    """Issue 11 #5: building backbones (keras.utils.set_random_seed) must not change a head."""
+    import random
+
+    import keras
+    import tensorflow as tf
+
+    X, y = blobs(150, d=6, seed=17)
+    params = dict(optimizer="sgd", lr=0.05, momentum=0.9, dropout=0.4, hidden_units=4, epochs=5, batch_size=16,
+                  random_state=5)
+    first = DenseHead(**params).fit(X, y).predict_proba(X)
+    for reseed in (lambda: keras.utils.set_random_seed(123), lambda: tf.random.set_seed(7),
+                   lambda: np.random.seed(11), lambda: random.seed(13)):
+        reseed()
+        tf.random.uniform([3])  # and advance the global generators
+        np.random.rand(3)
+        assert np.array_equal(DenseHead(**params).fit(X, y).predict_proba(X), first)
+
+
+def test_l2_shrinks_the_weights():
+    rng = np.random.RandomState(18)
+    X = rng.randn(200, 40).astype(np.float32)
+    y = (X[:, :3].sum(axis=1) + rng.randn(200) > 0).astype(int)
+    norms = []
+    for l2 in (0.0, 1e-3, 1e-2, 1e-1):
+        head = DenseHead(optimizer="adam", lr=0.01, dropout=0.0, l2=l2, epochs=40, validation_split=0,
+                         random_state=0).fit(X, y)
+        norms.append(float(np.sum(np.square(head.coefs_[0]))))
+    assert all(a > b for a, b in zip(norms, norms[1:])), norms
+    assert norms[-1] < 0.5 * norms[0]
+
+
+def test_standardisation_uses_the_training_rows_only():
+    X, y = blobs(100, d=3, seed=19)
+    X = X * np.array([1.0, 1e3, 1e-3], np.float32) + np.array([0.0, 5e3, -2.0], np.float32)
+    X_val = X[:20] + 1000.0  # would move the mean a lot if it were used
+    head = DenseHead(standardize=True, epochs=2, **FAST).fit(X, y, validation_data=(X_val, y[:20]))
+    np.testing.assert_allclose(head.mean_, X.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(head.scale_, X.std(axis=0), rtol=1e-4)
+    # a constant column is left as it is (scale 1), not divided by ~0
+    Xc = np.column_stack([X[:, :2], np.full(100, 3.0, np.float32)])
+    assert DenseHead(standardize=True, epochs=1, **FAST).fit(Xc, y).scale_[2] == 1.0
+    # with a validation split, the statistics come from the training part of the split
+    split = DenseHead(standardize=True, epochs=1, validation_split=0.5, **{**FAST, "random_state": 3}).fit(X, y)
+    train_idx, _ = split._split(y, 0.5, seed=__import__("catdog_features.heads.dense", fromlist=["x"]).derive_seeds(3, 4)[0])
+    np.testing.assert_allclose(split.mean_, X[train_idx].mean(axis=0), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- untrusted files
+def test_a_crafted_keras_file_is_refused_clearly_and_runs_nothing(binary, tmp_path):
+    """Issue 11 #8: a .keras whose layer names subprocess.Popen gives a typed error naming the file."""
+    from catdog_features.heads import SavedHeadError
+
+    head, _, _ = binary
+    path = head.save(tmp_path / "h.keras")
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(path) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    config = json.loads(files["config.json"])
+    layer = next(item for item in config["config"]["layers"] if item["name"] == "output")
+    layer.update({"module": "subprocess", "class_name": "Popen", "registered_name": None,
+                  "config": {"args": ["touch", str(marker)]}})
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(SavedHeadError, match="h.keras") as info:
+        DenseHead.load(path)
+    assert isinstance(info.value, ValueError) and "safe mode" in str(info.value)
+    assert not marker.exists()
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(SavedHeadError, match="h.keras"):
+        DenseHead.load(path)
+
+
+def test_refit_trains_on_all_rows_for_the_scaled_best_epoch():
+    X, y = blobs(200, d=6, sep=0.6, seed=20)
+    params = dict(optimizer="adam", lr=0.01, dropout=0.1, epochs=60, patience=5, batch_size=32, random_state=1)
+    plain = DenseHead(**params).fit(X, y)
+    refit = DenseHead(**params, refit=True).fit(X, y)
+    assert plain.refit_epochs_ is None and refit.best_epoch_ == plain.best_epoch_
+    assert refit.refit_epochs_ == round((plain.best_epoch_ + 1) / 0.8)
+    assert refit.history_ == plain.history_  # the early-stopping run
+    # the kept head is a fresh run on all 200 rows: that run, reproduced by hand
+    by_hand = DenseHead(**{**params, "epochs": refit.refit_epochs_, "validation_split": 0}).fit(X, y)
+    assert np.array_equal(refit.predict_proba(X), by_hand.predict_proba(X))
+    # with explicit validation data there is nothing to add back
+    explicit = DenseHead(**params, refit=True).fit(X[:150], y[:150], validation_data=(X[150:], y[150:]))
+    assert explicit.refit_epochs_ is None

@@ -56,37 +56,51 @@ def normalize_members(members) -> List[dict]:
     return out
 
 
-def members_from_sweep(result, top_k: int = 5) -> List[dict]:
-    """Member configs from the top-``top_k`` distinct successful trials of a sweep.
+#: Name of the logistic-regression member every ensemble of a sweep gets (C chosen by CV).
+LINEAR_MEMBER = "linear"
+
+
+def members_from_sweep(result, top_k: int = 5, linear: bool = True) -> List[dict]:
+    """Member configs from the top-``top_k`` distinct successful trials of a sweep, plus a linear one.
 
     ``result`` is a :class:`~catdog_features.search.SweepResult` (uses ``result.top``) or
     a list of trial dicts (``status``, ``loss``, ``params``, ``backbones``, ``tid``).
+
+    With ``linear`` (the default) the members also include :data:`LINEAR_MEMBER`, a
+    logistic-regression head (:class:`~catdog_features.heads.LinearHead`) on the best
+    trial's backbones with C chosen by cross-validation inside each fold: unlike a linear
+    trial of the sweep, its C is not picked among many draws on the same rows, so its OOF
+    score is honest, and the blend can put all its weight on it (the ensemble's OOF log loss
+    is then never worse than a tuned logistic regression's).
     """
-    from catdog_features.search.trials import SweepResult
+    from catdog_features.search.result import SweepResult
 
     if not hasattr(result, "top"):
         result = SweepResult.from_trials(list(result))
     trials = list(result.top(top_k, distinct=True))
     if not trials:
         raise ValueError("The sweep has no successful trials; run more evaluations before ensembling.")
-    return [
-        {
-            "name": _member_name(t),
-            "params": dict(t["params"]),
-            "backbones": list(t["backbones"]),
-            "trial": t.get("tid"),
-            "sweep_loss": t.get("loss"),
-            "best_epoch": t.get("best_epoch"),
-        }
-        for t in trials
-    ]
+    members = [_trial_member(t) for t in trials]
+    if linear:
+        members.append({"name": LINEAR_MEMBER, "params": {"head": "linear"}, "backbones": list(trials[0]["backbones"]),
+                        "trial": None, "sweep_loss": None, "best_epoch": None})
+    return members
+
+
+def _kind(params) -> str:
+    return params.get("head", "dense")
+
+
+def _trial_member(t) -> dict:
+    return {"name": _member_name(t), "params": dict(t["params"]), "backbones": list(t["backbones"]),
+            "trial": t.get("tid"), "sweep_loss": t.get("loss"), "best_epoch": t.get("best_epoch")}
 
 
 def default_estimator_factory(params: dict, random_state: int):
-    """A :class:`~catdog_features.heads.DenseHead` with ``params`` and the fold's seed."""
-    from catdog_features.heads import DenseHead
+    """The head of ``params`` (its ``"head"`` kind, dense when absent) with the fold's seed."""
+    from catdog_features.heads import build_head
 
-    return DenseHead(**{**params, "random_state": random_state})
+    return build_head(params, random_state=random_state)
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -327,9 +341,10 @@ def fit_oof(
     random_state : int
         Seed of the folds; fold ``k``'s model gets ``random_state + k``.
     estimator_factory : callable(params, random_state) -> classifier, optional
-        Builds a member's model; default :func:`default_estimator_factory` (DenseHead).
+        Builds a member's model; default :func:`default_estimator_factory` (the member's head kind).
     models_dir : path, optional
-        Save each fold model there as ``<member>/fold<k>.keras`` (estimators with ``save``),
+        Save each fold model there as ``<member>/fold<k>`` plus its kind's suffix
+        (``.keras`` for a DenseHead, ``.h5`` for a LinearHead; :func:`~catdog_features.heads.save_head`),
         so new images can be predicted later exactly like the test set was.
     progress : bool
         Show a progress bar.
@@ -369,11 +384,12 @@ def fit_oof(
             if X_test is not None:
                 test_sum += aligned_proba(estimator, X_test, n_classes)
             if models_dir is not None:
+                from catdog_features.heads import save_head
+
                 if not hasattr(estimator, "save"):
-                    raise ValueError(f"models_dir given but {type(estimator).__name__} has no save(); expected a DenseHead.")
-                target = Path(models_dir) / name / f"fold{k}.keras"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                estimator.save(target)
+                    raise ValueError(f"models_dir given but {type(estimator).__name__} has no save(); "
+                                     "expected a head of catdog_features.heads.")
+                save_head(estimator, Path(models_dir) / name / f"fold{k}")
             bar.update(1)
         durations[name] = round(time.perf_counter() - start, 3)
         if test_sum is not None:

@@ -1,26 +1,28 @@
-"""DenseHead: a scikit-learn classifier around a small Keras model on feature vectors.
+"""DenseHead: a scikit-learn classifier, a small dense network trained on feature vectors.
 
 Its ``schedule="cosine_restarts"`` option is fastai's SGDR; :mod:`catdog_features.heads.lr_find`
-has the learning-rate range test.
-
-TensorFlow/Keras are imported inside the functions that need them, so importing this module
-(and the package) stays cheap.
+has the learning-rate range test. Training runs on :mod:`catdog_features.heads.trainer`
+(TensorFlow, one traced step per architecture, reused across fits); predictions are NumPy;
+saved heads are Keras ``.keras`` models. TensorFlow/Keras are imported inside the functions
+that need them, so importing this module (and the package) stays cheap.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from catdog_features._checks import check_float, check_int
-from catdog_features._io import atomic_path, write_text
-from catdog_features.heads._tf import RowSource, current_lr, released_custom_gradients
+from catdog_features.heads import trainer
+from catdog_features.heads.keras_io import export_model, load_model_weights, save_model
+from catdog_features.heads.saved import (
+    SavedHeadError, classes_from_json, classes_to_json, jsonable, read_sidecar, sidecar_path,
+)
+from catdog_features.heads.threads import blas_threads_for
 from catdog_features.splitting import holdout_split
 
 try:  # scikit-learn >= 1.6
@@ -31,9 +33,9 @@ except ImportError:  # pragma: no cover - older scikit-learn
         return estimator._validate_data(X, y, reset=reset, **kwargs)
 
 
-__all__ = ["DenseHead"]
+__all__ = ["DenseHead", "derive_seeds"]
 
-OPTIMIZERS = ("adadelta", "sgd", "adam")
+OPTIMIZERS = trainer.OPTIMIZERS
 SCHEDULES = (None, "cosine_restarts")
 
 # Keras 3's Adadelta defaults to learning_rate=0.001; the reference recipe ran on Keras 2,
@@ -43,50 +45,58 @@ SCHEDULES = (None, "cosine_restarts")
 # adadelta. sgd and adam use Keras' usual defaults.
 DEFAULT_LR = {"adadelta": 1.0, "sgd": 0.01, "adam": 0.001}
 
-# Values (rows x features) per eager forward pass in predict_proba. TensorFlow copies each
-# NumPy chunk (twice) on the way in; ~16 MB chunks keep those copies in reused, cache-warm
-# memory: 20000 x 6144 predicts ~3x faster than with 100 MB chunks, and far faster than
-# model.predict (measured: 0.34 s vs 1.0 s vs 3.1 s).
-_PREDICT_CHUNK_VALUES = 2**22
-
 _SIDECAR_FORMAT = "catdog_features.DenseHead"
-_SIDECAR_VERSION = 1
+# 2: weights trained by heads.trainer, optional standardisation layer, no optimizer in the file
+_SIDECAR_VERSION = 2
 
 
 def derive_seeds(random_state, n):
-    """``n`` int seeds from ``random_state``; ``None`` -> ``n`` Nones (nondeterministic run)."""
+    """``n`` int seeds from ``random_state``.
+
+    An int (or a RandomState) gives the same seeds every time; ``None`` gives fresh seeds
+    from the operating system's entropy, never from NumPy's global random state.
+    """
     if random_state is None:
-        return [None] * n
-    rng = check_random_state(random_state)
+        return [int(s) for s in np.random.SeedSequence().generate_state(n) >> 1]
+    if isinstance(random_state, np.random.RandomState):
+        return [int(s) for s in random_state.randint(0, 2**31 - 1, size=n)]
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, (int, np.integer)):
+        raise ValueError(f"Invalid random_state. Received: random_state={random_state!r}; expected an int, "
+                         "a numpy RandomState or None.")
+    rng = np.random.RandomState(int(random_state))
     return [int(s) for s in rng.randint(0, 2**31 - 1, size=n)]
 
 
-def _jsonable(value):
-    """Plain JSON value for a hyperparameter; things JSON cannot hold (a RandomState) -> None."""
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return None
+def column_stats(X, rows):
+    """float32 ``(mean, scale)`` of ``X[rows]`` per column, in two chunked passes (no copy of X).
+
+    ``scale`` is ``sqrt(variance)`` rounded to float32; columns with (near) zero variance get
+    scale 1, so a constant feature stays constant instead of blowing up on new data.
+    """
+    step = max(1, 2**22 // max(1, X.shape[1]))
+    chunks = [rows[start : start + step] for start in range(0, len(rows), step)]
+    n = max(1, len(rows))
+    mean = sum((X[c].astype(np.float64).sum(axis=0) for c in chunks), np.zeros(X.shape[1])) / n
+    var = sum((np.square(X[c] - mean).sum(axis=0) for c in chunks), np.zeros(X.shape[1])) / n
+    flat = var <= 1e-12 * np.maximum(1.0, np.square(mean))  # variance at the mean's rounding level
+    var = np.where(flat, 1.0, var).astype(np.float32)
+    return mean.astype(np.float32), np.sqrt(var)
 
 
 class DenseHead(ClassifierMixin, BaseEstimator):
-    """A scikit-learn classifier: a small Keras model trained on fixed feature vectors.
+    """A scikit-learn classifier: a small dense network trained on fixed feature vectors.
 
-    The model is ``Input(d) -> Dropout(dropout) [-> Dense(hidden_units, relu) -> Dropout]``
-    followed by ``Dense(1, sigmoid)`` (binary cross-entropy) for two classes, or
-    ``Dense(n_classes, softmax)`` (sparse categorical cross-entropy) for more. With the
-    defaults it is the reference recipe's head (Dropout 0.5, adadelta, batch 128).
+    The network is ``[standardise ->] Dropout(dropout) [-> Dense(hidden_units, relu) ->
+    Dropout]`` followed by one sigmoid output (binary cross-entropy) for two classes, or a
+    softmax over the classes (categorical cross-entropy) for more. With the defaults it is the
+    reference recipe's head (Dropout 0.5, adadelta, batch 128).
 
     Parameters
     ----------
     dropout : float, default=0.5
         Dropout rate on the input features (and after the hidden layer), in [0, 1).
     optimizer : {"adadelta", "sgd", "adam"}, default="adadelta"
+        Keras 3's update rules (adadelta with Keras 2's rho=0.95, epsilon=1e-7).
     lr : float or None, default=None
         Learning rate. ``None``: 1.0 for adadelta (Keras 2's default, which the reference
         recipe used; Keras 3's is 0.001), 0.01 for sgd, 0.001 for adam.
@@ -94,8 +104,14 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         SGD momentum; ignored by adadelta and adam.
     decay : float, default=0.0
         Classic Keras 2 time-based decay, for any optimizer: the learning rate at optimizer
-        step ``t`` (0-based) is ``lr / (1 + decay * t)`` (``InverseTimeDecay`` with
-        ``decay_steps=1``). Cannot be combined with ``schedule`` or ``reduce_lr_on_plateau``.
+        step ``t`` (0-based) is ``lr / (1 + decay * t)``. Cannot be combined with ``schedule``
+        or ``reduce_lr_on_plateau``.
+    l2 : float, default=0.0
+        L2 weight decay as a kernel regulariser (Keras' ``regularizers.L2(l2)``): ``l2 * sum(W**2)``
+        of every Dense kernel is added to each batch's mean loss.
+    standardize : bool, default=False
+        Standardise every feature with the mean and standard deviation of the rows the head
+        trains on (never the validation rows); applied to every input, and saved with the model.
     epochs : int, default=200
         Maximum number of epochs.
     patience : int, default=8
@@ -106,41 +122,60 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         Fraction held out (stratified, seeded by ``random_state``) to monitor the validation
         loss for early stopping. Ignored when ``fit`` gets ``validation_data``. With 0 and no
         ``validation_data`` the head trains for all ``epochs`` without early stopping.
+    refit : bool, default=False
+        After early stopping on the ``validation_split`` rows, train a fresh head on *all* rows
+        for ``round((best_epoch_ + 1) / (1 - validation_split))`` epochs and keep that one (the
+        held-out rows are a fifth of the data: on a few hundred rows, dropping them costs more
+        than early stopping gains). Ignored with ``validation_data`` or ``validation_split=0``.
     hidden_units : int, default=0
         Width of an optional ReLU hidden layer; 0 means none.
     reduce_lr_on_plateau : bool, default=False
         Halve the learning rate when the monitored loss (validation loss, else training loss)
-        has not improved for ``max(1, patience // 2)`` epochs (floor 1e-6 times the start lr).
+        has not improved by 1e-4 for ``max(1, patience // 2)`` epochs (floor 1e-6 times the start lr).
     schedule : {None, "cosine_restarts"}, default=None
         ``"cosine_restarts"``: SGDR (Loshchilov & Hutter; fastai's ``cycle_len``/``cycle_mult``):
         the learning rate follows a cosine from ``lr`` down to 0 over ``cycle_epochs`` epochs,
         then restarts at ``lr``; each cycle is ``cycle_mult`` times longer than the previous.
-        Applied per optimizer step (``keras.optimizers.schedules.CosineDecayRestarts``).
+        Applied per optimizer step, as Keras' ``CosineDecayRestarts``.
     cycle_epochs : int, default=10
         Length of the first cosine cycle, in epochs.
     cycle_mult : float, default=1.0
         Growth factor of the cycle length after each restart (SGDR's ``T_mult``).
     verbose : int, default=0
-        Passed to ``keras.Model.fit``.
+        1: one line per epoch (losses, learning rate).
     random_state : int, RandomState or None, default=None
-        Seeds the weight initialisation, dropout masks, shuffling and the validation split.
-        Same ``random_state`` and data -> identical predictions. No global random state
-        (NumPy, Python, TensorFlow) is touched.
+        Seeds the weight initialisation, dropout masks, batch order and the validation split.
+        Same ``random_state`` and data -> identical predictions, whatever else the process
+        does: no global random state (NumPy, Python, TensorFlow, Keras) is read or changed.
 
     Attributes
     ----------
     classes_ : ndarray
         Sorted class labels; ``predict_proba`` columns follow this order.
     n_features_in_ : int
+    coefs_, intercepts_ : list of ndarray
+        float32 kernel and bias of each Dense layer (hidden first), as in scikit-learn's MLP.
+    mean_, scale_ : ndarray or None
+        The standardisation (``standardize=True``), float32.
     history_ : dict of str -> list of float
-        Per-epoch ``"loss"`` (training), ``"val_loss"`` (when validating) and ``"lr"`` (the
-        learning rate at the start of the epoch).
+        Per-epoch ``"loss"`` (training, without the L2 term), ``"val_loss"`` (when validating)
+        and ``"lr"`` (the learning rate at the start of the epoch).
     best_epoch_ : int or None
-        0-based index into ``history_`` of the epoch whose weights were kept; ``None`` when
-        there was no validation data.
+        0-based index into ``history_`` of the epoch whose weights were kept (with ``refit``:
+        that set the refit's length); ``None`` when there was no validation data.
+    refit_epochs_ : int or None
+        Epochs of the refit on all rows (``refit=True``), else None.
     model_ : keras.Model
-        The trained Keras model.
+        The trained network as a Keras model (built on first access; what :meth:`save` writes).
+
+    Notes
+    -----
+    Training reuses one traced TensorFlow step per architecture within a process
+    (:mod:`catdog_features.heads.trainer`): after the first fit of a shape, a fit costs its
+    epochs only. A reused step gives exactly the predictions of a fresh one.
     """
+
+    head_kind = "dense"
 
     def __init__(
         self,
@@ -149,10 +184,13 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         lr=None,
         momentum=0.0,
         decay=0.0,
+        l2=0.0,
+        standardize=False,
         epochs=200,
         patience=8,
         batch_size=128,
         validation_split=0.2,
+        refit=False,
         hidden_units=0,
         reduce_lr_on_plateau=False,
         schedule=None,
@@ -166,10 +204,13 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.lr = lr
         self.momentum = momentum
         self.decay = decay
+        self.l2 = l2
+        self.standardize = standardize
         self.epochs = epochs
         self.patience = patience
         self.batch_size = batch_size
         self.validation_split = validation_split
+        self.refit = refit
         self.hidden_units = hidden_units
         self.reduce_lr_on_plateau = reduce_lr_on_plateau
         self.schedule = schedule
@@ -197,12 +238,15 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         )
         p["momentum"] = check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
         p["decay"] = check_float("decay", self.decay, 0.0, np.inf, high_open=True)
+        p["l2"] = check_float("l2", self.l2, 0.0, np.inf, high_open=True)
+        p["standardize"] = bool(self.standardize)
         p["epochs"] = check_int("epochs", self.epochs, 1, integral_floats=True)
         p["patience"] = check_int("patience", self.patience, 0, integral_floats=True)
         p["batch_size"] = check_int("batch_size", self.batch_size, 1, integral_floats=True)
         p["validation_split"] = check_float(
             "validation_split", self.validation_split, 0.0, 1.0, high_open=True
         )
+        p["refit"] = bool(self.refit)
         p["hidden_units"] = check_int("hidden_units", self.hidden_units, 0, integral_floats=True)
         if self.schedule not in SCHEDULES:
             raise ValueError(
@@ -213,8 +257,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         p["cycle_epochs"] = check_int("cycle_epochs", self.cycle_epochs, 1, integral_floats=True)
         p["cycle_mult"] = check_float("cycle_mult", self.cycle_mult, 1.0, np.inf, high_open=True)
         p["reduce_lr_on_plateau"] = bool(self.reduce_lr_on_plateau)
-        # Keras cannot set a learning rate that a schedule computes, and stacking two decays
-        # silently would not be what anyone asked for: refuse the combinations.
+        # stacking two decays silently would not be what anyone asked for: refuse the combinations
         scheduled = [
             name
             for name, on in (
@@ -283,66 +326,6 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             ) from None
         return np.sort(tr), np.sort(va)
 
-    # ------------------------------------------------------------------ model
-    def _build_model(self, p, n_features, n_classes, seeds):
-        import keras
-
-        init = keras.initializers.GlorotUniform
-        # Explicit names and dtypes: the model does not depend on (or grow) Keras' global
-        # name counters, and a global mixed-precision policy set for the backbones does not
-        # turn the head into float16.
-        inputs = keras.Input(shape=(n_features,), dtype="float32", name="features")
-        x = keras.layers.Dropout(p["dropout"], seed=seeds[0], name="input_dropout", dtype="float32")(inputs)
-        if p["hidden_units"]:
-            x = keras.layers.Dense(
-                p["hidden_units"], activation="relu", kernel_initializer=init(seed=seeds[1]),
-                name="hidden", dtype="float32",
-            )(x)
-            x = keras.layers.Dropout(p["dropout"], seed=seeds[2], name="hidden_dropout", dtype="float32")(x)
-        binary = n_classes == 2
-        outputs = keras.layers.Dense(
-            1 if binary else n_classes,
-            activation="sigmoid" if binary else "softmax",
-            kernel_initializer=init(seed=seeds[3]),
-            name="output",
-            dtype="float32",
-        )(x)
-        return keras.Model(inputs, outputs, name="dense_head")
-
-    def _make_optimizer(self, p, steps_per_epoch):
-        import keras
-
-        lr = p["lr"]
-        if p["schedule"] == "cosine_restarts":
-            lr = keras.optimizers.schedules.CosineDecayRestarts(
-                initial_learning_rate=p["lr"],
-                first_decay_steps=p["cycle_epochs"] * steps_per_epoch,
-                t_mul=p["cycle_mult"],
-                m_mul=1.0,
-                alpha=0.0,
-            )
-        elif p["decay"] > 0:
-            # lr / (1 + decay_rate * step / decay_steps) with decay_steps=1 is exactly Keras 2's
-            # time-based decay lr / (1 + decay * iterations); serialisable and built in.
-            lr = keras.optimizers.schedules.InverseTimeDecay(
-                initial_learning_rate=p["lr"], decay_steps=1, decay_rate=p["decay"]
-            )
-        if p["optimizer"] == "adadelta":
-            # rho/epsilon as in Keras 2 (0.95, 1e-7), so the recipe behaves as published.
-            return keras.optimizers.Adadelta(learning_rate=lr, rho=0.95, epsilon=1e-7)
-        if p["optimizer"] == "sgd":
-            return keras.optimizers.SGD(learning_rate=lr, momentum=p["momentum"])
-        return keras.optimizers.Adam(learning_rate=lr)
-
-    @staticmethod
-    def _compile(model, optimizer, n_classes):
-        model.compile(
-            optimizer=optimizer,
-            loss="binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy",
-            # XLA buys nothing for one matmul on CPU and costs a compile per head on GPU.
-            jit_compile=False,
-        )
-
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, validation_data=None):
         """Train the head.
@@ -350,7 +333,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Feature vectors; converted to float32 once (float32 input is not copied here).
+            Feature vectors; converted to float32 once (float32 input is not copied).
         y : array-like of shape (n_samples,)
             Class labels of any sortable type (ints, strings, ...).
         validation_data : (X_val, y_val) or None
@@ -360,127 +343,88 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        import keras
-
         p = self._checked_params()
         X, y_enc, classes = self._validate_train(X, y)
-        self.classes_ = classes
         n_classes = len(classes)
-        split_seed, shuffle_seed, *layer_seeds = derive_seeds(self.random_state, 6)
-
-        Xv = yv = None
+        split_seed, shuffle_seed, init_seed, dropout_seed = derive_seeds(self.random_state, 4)
+        val = None
         if validation_data is not None:
             Xv, yv = self._validate_validation_data(validation_data, classes)
-            train_idx = np.arange(len(X))
+            train_idx, val = np.arange(len(X)), (Xv, None, yv)
         elif p["validation_split"] > 0:
             train_idx, val_idx = self._split(y_enc, p["validation_split"], split_seed)
+            val = (X, val_idx, y_enc[val_idx])
         else:
             train_idx = np.arange(len(X))
-        validating = validation_data is not None or p["validation_split"] > 0
-
-        y_fit = (y_enc.reshape(-1, 1).astype(np.float32) if n_classes == 2 else y_enc.astype(np.int32))
-        bs = p["batch_size"]
-        sources = [RowSource(X, y_fit)]
-        train_ds = sources[0].dataset(train_idx, bs, shuffle_seed=shuffle_seed, shuffle=True)
-        val_ds = None
-        if validation_data is not None:
-            yv_fit = (yv.reshape(-1, 1).astype(np.float32) if n_classes == 2 else yv.astype(np.int32))
-            sources.append(RowSource(Xv, yv_fit))
-            val_ds = sources[1].dataset(np.arange(len(Xv)), max(bs, 1024))
-        elif validating:
-            val_ds = sources[0].dataset(val_idx, max(bs, 1024))
-
-        steps_per_epoch = -(-len(train_idx) // bs)
-        model = self._build_model(p, X.shape[1], n_classes, layer_seeds)
-        self._compile(model, self._make_optimizer(p, steps_per_epoch), n_classes)
-
-        epoch_lrs = []
-
-        def on_epoch_begin(epoch, logs=None):
-            epoch_lrs.append(current_lr(model.optimizer))
-
-        def on_epoch_end(epoch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(loss):
-                model.stop_training = True  # diverged: later epochs cannot recover
-
-        callbacks = [keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end)]
-        monitor = "val_loss" if validating else "loss"
-        early = None
-        if validating:
-            early = keras.callbacks.EarlyStopping(
-                monitor="val_loss", mode="min", patience=p["patience"], restore_best_weights=True
-            )
-            callbacks.append(early)
-        if p["reduce_lr_on_plateau"]:
-            callbacks.append(
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor=monitor, mode="min", factor=0.5,
-                    patience=max(1, p["patience"] // 2), min_lr=p["lr"] * 1e-6,
-                )
-            )
-        try:
-            with released_custom_gradients():
-                hist = model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    epochs=p["epochs"],
-                    callbacks=callbacks,
-                    shuffle=False,  # train_ds is already shuffled, reproducibly
-                    verbose=self.verbose,
-                )
-        finally:
-            for source in sources:
-                source.release()
-        self.history_ = {"loss": [float(v) for v in hist.history.get("loss", [])]}
-        if validating:
-            self.history_["val_loss"] = [float(v) for v in hist.history.get("val_loss", [])]
-        self.history_["lr"] = epoch_lrs[: len(self.history_["loss"])]
-        self.best_epoch_ = int(early.best_epoch) if early is not None else None
-        # The traced train/eval graphs are only needed during fit; dropping them keeps a
-        # process that fits hundreds of heads from accumulating them.
-        model.train_function = None
-        model.test_function = None
-        self.model_ = model
+        arch = trainer.Architecture(X.shape[1], p["hidden_units"], 1 if n_classes == 2 else n_classes, p["optimizer"])
+        y_fit = y_enc.astype(np.float32 if n_classes == 2 else np.int32)
+        seeds = (init_seed, shuffle_seed, dropout_seed)
+        result, mean, scale = self._train(p, arch, X, y_fit, train_idx, val, p["epochs"], seeds)
+        history, best_epoch = result.history, result.best_epoch
+        self.refit_epochs_ = None
+        if p["refit"] and validation_data is None and best_epoch is not None:
+            # the early-stopping rows join the training rows: as many epochs, scaled to the larger set
+            self.refit_epochs_ = max(1, int(round((best_epoch + 1) / (1.0 - p["validation_split"]))))
+            result, mean, scale = self._train(p, arch, X, y_fit, np.arange(len(X)), None, self.refit_epochs_, seeds)
+        self.classes_ = classes
+        self.coefs_ = result.weights[0::2]
+        self.intercepts_ = result.weights[1::2]
+        self.mean_, self.scale_ = mean, scale
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self._keras_model = None
         return self
 
+    def _train(self, p, arch, X, y_fit, train_idx, val, epochs, seeds):
+        """One training run from the seeded initial weights: ``(LoopResult, mean, scale)``."""
+        init_seed, shuffle_seed, dropout_seed = seeds
+        mean, scale = column_stats(X, train_idx) if p["standardize"] else (None, None)
+        steps_per_epoch = -(-len(train_idx) // p["batch_size"])
+        schedule = trainer.Schedule(
+            lr=p["lr"], decay=p["decay"], cycle_mult=p["cycle_mult"],
+            cosine_steps=p["cycle_epochs"] * steps_per_epoch if p["schedule"] == "cosine_restarts" else 0,
+        )
+        settings = trainer.LoopSettings(
+            epochs=epochs, patience=p["patience"], batch_size=p["batch_size"], momentum=p["momentum"],
+            l2=p["l2"], dropout=p["dropout"], reduce_lr_on_plateau=p["reduce_lr_on_plateau"], verbose=int(self.verbose),
+        )
+        with trainer.checked_out(arch) as step, blas_threads_for(X.size):
+            step.reset(trainer.glorot_uniform(np.random.default_rng(init_seed), arch))
+            result = trainer.run_loop(step, X, y_fit, train_idx, val, settings, schedule,
+                                      np.random.default_rng(shuffle_seed), dropout_seed, mean, scale)
+        return result, mean, scale
+
     # ------------------------------------------------------------------ predict
+    def _weights(self):
+        return [w for pair in zip(self.coefs_, self.intercepts_) for w in pair]
+
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), float64; columns follow ``classes_``."""
-        check_is_fitted(self, "model_")
+        check_is_fitted(self, "coefs_")
         X = _validate_data(self, X, reset=False, dtype=np.float32)
-        out = self._forward(X)
-        if out.shape[1] == 1:
-            p = out[:, 0]
-            return np.column_stack([1.0 - p, p])
-        return out / out.sum(axis=1, keepdims=True)
-
-    def _forward(self, X):
-        import keras
-
-        # Eager calls of the model, chunked: no tf.function tracing per head (which would
-        # cost time and memory for every one of hundreds of heads) and identical numerics
-        # for a fitted and a re-loaded model.
-        n = len(X)
-        rows = max(64, _PREDICT_CHUNK_VALUES // max(1, X.shape[1]))
-        out = None
-        for start in range(0, n, rows):
-            part = keras.ops.convert_to_numpy(self.model_(X[start : start + rows], training=False))
-            if out is None:
-                out = np.empty((n, part.shape[1]), dtype=np.float64)
-            out[start : start + len(part)] = part
-        return out
+        with blas_threads_for(X.size):
+            logits = trainer.forward_rows(X, None, self._weights(), self.mean_, self.scale_)
+        return trainer.logits_to_proba(logits)
 
     def predict(self, X):
         """Most probable class label per row (one of ``classes_``)."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
+    @property
+    def model_(self):
+        """The trained network as a ``keras.Model`` (built once, on first access)."""
+        if "coefs_" not in self.__dict__:
+            raise AttributeError("model_: this DenseHead is not fitted yet; call fit first.")
+        if self.__dict__.get("_keras_model") is None:
+            self._keras_model = export_model(self._weights(), self.mean_, self.scale_, float(self.dropout))
+        return self._keras_model
+
     # ------------------------------------------------------------------ persistence
     @staticmethod
     def sidecar_path(path) -> Path:
         """The JSON file saved next to a ``.keras`` model: ``<path>.json``."""
-        return Path(str(path) + ".json")
+        return sidecar_path(path)
 
     @classmethod
     def read_sidecar(cls, path) -> dict:
@@ -488,74 +432,71 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
         ``path`` is the ``.keras`` file or its sidecar; no model is loaded.
         """
-        path = Path(path)
-        sidecar = path if path.name.endswith(".keras.json") else cls.sidecar_path(path)
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        if meta.get("format") != _SIDECAR_FORMAT:
-            raise ValueError(
-                f"Received a sidecar of format {meta.get('format')!r} at {str(sidecar)!r}; "
-                f"expected {_SIDECAR_FORMAT!r}."
-            )
-        return meta
+        return read_sidecar(path, _SIDECAR_FORMAT)
 
     def save(self, path):
         """Save to ``path`` (must end in ``.keras``) plus a JSON sidecar ``<path>.json``.
 
-        The Keras model goes into Keras' own ``.keras`` format; hyperparameters, ``classes_``,
-        ``n_features_in_``, ``best_epoch_`` and ``history_`` into the sidecar. No pickle.
-        Both files are written to temporary names and renamed into place.
+        The network goes into Keras' own ``.keras`` format (standardisation included); the
+        hyperparameters, ``classes_``, ``n_features_in_``, ``best_epoch_`` and ``history_``
+        into the sidecar. No pickle. Both files are written to temporary names and renamed
+        into place.
         """
-        check_is_fitted(self, "model_")
+        from catdog_features._io import write_json
+
+        check_is_fitted(self, "coefs_")
         path = Path(path)
         if path.suffix != ".keras":
             raise ValueError(f"Received: path={str(path)!r}; expected a file name ending in '.keras'.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        classes = self.classes_
+        classes, dtype = classes_to_json(self.classes_)
         meta = {
             "format": _SIDECAR_FORMAT,
             "version": _SIDECAR_VERSION,
-            "params": {k: _jsonable(v) for k, v in self.get_params().items()},
-            "classes": classes.tolist(),
-            "classes_dtype": "object" if classes.dtype == object else classes.dtype.str,
+            "params": {k: jsonable(v) for k, v in self.get_params().items()},
+            "classes": classes,
+            "classes_dtype": dtype,
             "n_features_in": int(self.n_features_in_),
             "feature_names_in": (
                 self.feature_names_in_.tolist() if hasattr(self, "feature_names_in_") else None
             ),
             "best_epoch": self.best_epoch_,
+            "refit_epochs": getattr(self, "refit_epochs_", None),
             "history": self.history_,
         }
-        with atomic_path(path, suffix=".keras") as tmp:
-            self.model_.save(tmp)
-        write_text(self.sidecar_path(path), json.dumps(meta, indent=1))
+        save_model(self.model_, path)
+        write_json(self.sidecar_path(path), meta)
         return path
 
     @classmethod
     def load(cls, path):
-        """Load a head saved by :meth:`save` (Keras safe mode: no arbitrary code runs)."""
-        import keras
+        """Load a head saved by :meth:`save` (Keras safe mode: no code from the file runs).
 
+        Raises ``FileNotFoundError`` for a missing model or sidecar and
+        :class:`~catdog_features.heads.SavedHeadError` (naming the file) for anything else
+        that is not a head this class saved.
+        """
         path = Path(path)
-        sidecar = cls.sidecar_path(path)
         if not path.is_file():
             raise FileNotFoundError(f"No saved head model at {str(path)!r}.")
-        if not sidecar.is_file():
-            raise FileNotFoundError(
-                f"No sidecar {str(sidecar)!r} next to {str(path)!r}; expected the JSON that "
-                "DenseHead.save writes."
-            )
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        if meta.get("format") != _SIDECAR_FORMAT:
-            raise ValueError(
-                f"Received a sidecar of format {meta.get('format')!r} at {str(sidecar)!r}; "
-                f"expected {_SIDECAR_FORMAT!r}."
-            )
-        head = cls(**meta["params"])
-        dtype = meta["classes_dtype"]
-        head.classes_ = np.asarray(meta["classes"], dtype=object if dtype == "object" else np.dtype(dtype))
-        head.n_features_in_ = int(meta["n_features_in"])
+        meta = read_sidecar(path, _SIDECAR_FORMAT)
+        try:
+            head = cls(**meta["params"])
+            classes = classes_from_json(meta["classes"], meta["classes_dtype"])
+            n_features = int(meta["n_features_in"])
+            history = {str(k): [float(v) for v in values] for k, values in meta["history"].items()}
+            best_epoch = None if meta["best_epoch"] is None else int(meta["best_epoch"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SavedHeadError(f"Invalid head sidecar {str(sidecar_path(path))!r}: {type(exc).__name__}: {exc}.") from None
+        n_out = 1 if len(classes) == 2 else len(classes)
+        weights, mean, scale = load_model_weights(path, n_features, n_out)
+        head.classes_ = classes
+        head.n_features_in_ = n_features
         if meta.get("feature_names_in") is not None:
             head.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
-        head.best_epoch_ = meta["best_epoch"]
-        head.history_ = {k: list(v) for k, v in meta["history"].items()}
-        head.model_ = keras.saving.load_model(path, safe_mode=True)
+        head.coefs_, head.intercepts_ = weights[0::2], weights[1::2]
+        head.mean_, head.scale_ = mean, scale
+        head.best_epoch_ = best_epoch
+        head.refit_epochs_ = meta.get("refit_epochs")
+        head.history_ = history
+        head._keras_model = None
         return head

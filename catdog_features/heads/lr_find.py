@@ -9,8 +9,8 @@ import numpy as np
 from sklearn.base import clone
 
 from catdog_features._checks import check_float, check_int
-from catdog_features.heads._tf import released_custom_gradients
-from catdog_features.heads.dense import DenseHead, derive_seeds
+from catdog_features.heads import trainer
+from catdog_features.heads.dense import DenseHead, column_stats, derive_seeds
 
 
 @dataclass
@@ -111,26 +111,29 @@ def lr_find(
     p = head._checked_params()
     X, y_enc, classes = head._validate_train(X, y)
     n_classes = len(classes)
-    order_seed, *layer_seeds = derive_seeds(head.random_state, 5)
-    model = head._build_model(p, X.shape[1], n_classes, layer_seeds)
-    head._compile(model, head._make_optimizer(p, 1), n_classes)
-
-    y_fit = (y_enc.reshape(-1, 1).astype(np.float32) if n_classes == 2 else y_enc.astype(np.int32))
-    rng = np.random.RandomState(order_seed) if order_seed is not None else np.random.RandomState()
+    order_seed, init_seed, dropout_seed = derive_seeds(head.random_state, 3)
+    arch = trainer.Architecture(X.shape[1], p["hidden_units"], 1 if n_classes == 2 else n_classes, p["optimizer"])
+    if p["standardize"]:
+        mean, scale = column_stats(X, np.arange(len(X)))
+        X = (X - mean) / scale
+    y_fit = y_enc.astype(np.float32 if n_classes == 2 else np.int32)
+    rng = np.random.default_rng(order_seed)
     bs = min(p["batch_size"], len(X))
     lrs = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
 
     taken, raw, smooth = [], [], []
     avg, best = 0.0, np.inf
     perm, pos = rng.permutation(len(X)), 0
-    with released_custom_gradients():
+    with trainer.checked_out(arch) as step:
+        step.reset(trainer.glorot_uniform(np.random.default_rng(init_seed), arch))
+        X_t, y_t = step.prepare(X, y_fit)
         for i, lr in enumerate(lrs):
             if pos + bs > len(perm):
                 perm, pos = rng.permutation(len(X)), 0
             idx = np.sort(perm[pos : pos + bs])
             pos += bs
-            model.optimizer.learning_rate = float(lr)
-            loss = float(np.asarray(model.train_on_batch(X[idx], y_fit[idx])).ravel()[0])
+            step.train(X_t, y_t, idx, [lr], p["momentum"], p["l2"], p["dropout"], i, dropout_seed, len(idx))
+            loss = step.take_loss_sum() / len(idx)
             avg = smoothing * avg + (1 - smoothing) * loss
             s = avg / (1 - smoothing ** (i + 1))
             taken.append(float(lr))
@@ -139,7 +142,6 @@ def lr_find(
             if not np.isfinite(s) or (i > 0 and s > diverge_factor * best):
                 break
             best = min(best, s)
-    del model
     lrs_taken, losses, raw = np.asarray(taken), np.asarray(smooth), np.asarray(raw)
 
     finite = np.isfinite(losses)

@@ -81,6 +81,8 @@ class RunData:
             except FileNotFoundError:  # a model without its sidecar: no curve to draw
                 self.problems.append(f"{path} has no JSON sidecar; its training curve is not shown")
                 continue
+            except ValueError:  # another head kind (a linear head has no epochs): no curve
+                continue
             out.append({"history": meta.get("history") or {}, "best_epoch": meta.get("best_epoch")})
         return out
 

@@ -17,11 +17,16 @@ key; expected one of max_evals, search_backbones, ...``.
     (32, at most 4096); ``cache_dir`` ("features_cache"); *extra*: ``allow_outside``
     (false): see "Where a run may write" below.
 ``[sweep]``
-    ``max_evals`` (100, at least 1); ``search_backbones`` (true); *extra*: ``seed`` (0), ``cv``
-    (0 = one hold-out split, k >= 2 = k-fold), ``validation_split`` (0.2), ``epochs`` and
-    ``patience`` (fixed head settings; default: the search space's), and a ``[sweep.space]``
-    table overriding entries of the reference search space, one DenseHead parameter per
-    key: a constant (``optimizer = "adam"``) or one distribution ``{loguniform = [lo, hi]}``,
+    ``max_evals`` (100, >= 1); ``search_backbones`` (true); *extra*: ``space_preset``
+    (``"default"``: dense or linear heads, chosen by measurement; ``"reference"``: the
+    reference recipe's SGD space, for its reproduction), ``seed`` (0), ``cv`` (``"auto"``:
+    5-fold CV below 3,000 rows, else one hold-out split; 0 = one hold-out split; k >= 2 =
+    k-fold), ``validation_split`` (0.2), ``early_stopping`` (``"auto"``: ``"fold"`` for the
+    reference preset, else ``"inner"``; see :mod:`catdog_features.search.objective`),
+    ``epochs`` and ``patience`` (fixed dense-head settings; default: the space's), and a
+    ``[sweep.space]`` table overriding entries of the preset's space, one head parameter per
+    key (``head = "linear"`` / ``{choice = ["dense", "linear"]}`` restricts the head kinds):
+    a constant (``optimizer = "adam"``) or one distribution ``{loguniform = [lo, hi]}``,
     ``{uniform = [lo, hi]}``, ``{quniform = [lo, hi, q]}``, ``{qloguniform = [lo, hi, q]}``,
     ``{choice = [a, b, ...]}``.
 ``[ensemble]``
@@ -102,16 +107,18 @@ class ExtractConfig:
 class SweepConfig:
     max_evals: int = 100
     search_backbones: bool = True
+    space_preset: str = "default"
     seed: int = 0
-    cv: Optional[int] = None
+    cv: Union[str, int, None] = "auto"  # "auto", None (hold-out) or k folds
     validation_split: float = 0.2
+    early_stopping: Optional[str] = None  # None: the preset's ("fold" for reference, else "inner")
     epochs: Optional[int] = None
     patience: Optional[int] = None
-    #: DenseHead parameter -> constant or {distribution: args}, as written in the TOML
+    #: head parameter -> constant or {distribution: args}, as written in the TOML
     space: Dict[str, Any] = field(default_factory=dict)
 
     def head_params(self) -> Dict[str, int]:
-        """Fixed DenseHead settings given in ``[sweep]`` (``epochs``, ``patience``)."""
+        """Fixed dense-head settings given in ``[sweep]`` (``epochs``, ``patience``)."""
         return {k: v for k, v in (("epochs", self.epochs), ("patience", self.patience)) if v is not None}
 
 
@@ -157,13 +164,31 @@ class RunConfig:
 
 
 def head_param_names() -> Tuple[str, ...]:
-    """DenseHead keyword arguments a ``[sweep.space]`` may set."""
-    import inspect
+    """Head keyword arguments a ``[sweep.space]`` may set: DenseHead's, then LinearHead's, and ``head``."""
+    from catdog_features.heads.saved import head_param_names as of_kind
 
-    from catdog_features.heads import DenseHead
+    names = list(of_kind("dense")) + [n for n in of_kind("linear") if n not in of_kind("dense")]
+    return tuple(n for n in names if n not in ("verbose",)) + ("head",)
 
-    names = [n for n in inspect.signature(DenseHead.__init__).parameters if n != "self"]
-    return tuple(n for n in names if n not in ("verbose",))
+
+def _space_preset(value):
+    if value not in ("default", "reference"):
+        raise _Bad(f"received {value!r}; expected \"default\" or \"reference\"")
+    return value
+
+
+def _cv(value):
+    if value == "auto":
+        return "auto"
+    if value == 0 and not isinstance(value, bool):
+        return None
+    return _int(value, 2, " (or 0 for one hold-out split, or \"auto\")")
+
+
+def _early_stopping(value):
+    if value not in ("auto", "inner", "fold"):
+        raise _Bad(f"received {value!r}; expected \"auto\", \"inner\" or \"fold\"")
+    return None if value == "auto" else value
 
 
 def _number(x) -> bool:
@@ -249,9 +274,11 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
         "sweep": {
             "max_evals": (lambda v: _int(v, 1, maximum=MAX_EVALS), 100),
             "search_backbones": (_bool, True),
+            "space_preset": (_space_preset, "default"),
             "seed": (lambda v: _int(v, 0), 0),
-            "cv": (lambda v: None if v == 0 else _int(v, 2, " (or 0 for one hold-out split)"), None),
+            "cv": (_cv, "auto"),
             "validation_split": (lambda v: _float(v, 0.0, 1.0), 0.2),
+            "early_stopping": (_early_stopping, None),
             "epochs": (lambda v: _int(v, 1), None),
             "patience": (lambda v: _int(v, 0), None),
             "space": (None, {}),  # validated per entry below
@@ -318,8 +345,8 @@ def _parse_space(space, error: _Errors) -> Dict[str, Any]:
     checked = {}
     for key, value in space.items():
         if key not in allowed:
-            raise error("sweep.space", key, f"unknown key; expected DenseHead parameters: {', '.join(allowed)} "
-                        "(the backbones are chosen by [extract] backbones + [sweep] search_backbones)")
+            raise error("sweep.space", key, "unknown key; expected DenseHead parameters or LinearHead parameters: "
+                        f"{', '.join(allowed)} (the backbones are chosen by [extract] backbones + [sweep] search_backbones)")
         try:
             checked[key] = _space_entry(value)
         except _Bad as exc:

@@ -117,14 +117,21 @@ def extract_stage(run: RunDir, config, *, progress: bool = True, log: Log = prin
 
 
 # --------------------------------------------------------------------------- sweep
-def build_space(backbones: Sequence[str], search_backbones: bool, overrides: Optional[dict] = None) -> dict:
-    """The reference search space with ``[sweep.space]`` overrides applied."""
-    from catdog_features.run.config import to_hyperopt
-    from catdog_features.search import default_space
+def build_space(backbones: Sequence[str], search_backbones: bool, overrides: Optional[dict] = None,
+                preset: str = "default") -> dict:
+    """The search space of a ``[sweep] space_preset`` with the ``[sweep.space]`` overrides applied.
 
-    space = default_space(backbones, search_backbones)
-    space.update(to_hyperopt(overrides or {}))
-    return space
+    ``head`` in the overrides (a kind, or ``{choice = [...]}`` of kinds) keeps those head kinds.
+    """
+    from catdog_features.run.config import to_hyperopt
+    from catdog_features.search import make_space
+
+    overrides = dict(overrides or {})
+    converted = to_hyperopt({k: v for k, v in overrides.items() if k != "head"})
+    if "head" in overrides:
+        head = overrides["head"]
+        converted["head"] = head["choice"] if isinstance(head, dict) else head
+    return make_space(preset, backbones, search_backbones, converted)
 
 
 def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, progress: bool = True,
@@ -132,14 +139,16 @@ def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, pro
     """Run (or resume, or find finished) the sweep of a run config."""
     from catdog_features.search import SweepMismatchError, sweep
 
+    preset, early = sweep_config.space_preset, sweep_config.early_stopping
     kwargs = dict(
-        space=build_space(backbones, sweep_config.search_backbones, sweep_config.space),
+        space=build_space(backbones, sweep_config.search_backbones, sweep_config.space, preset),
         max_evals=sweep_config.max_evals,
         trials_path=trials_path,
         backbones=list(backbones),
         search_backbones=sweep_config.search_backbones,
         cv=sweep_config.cv,
         validation_split=sweep_config.validation_split,
+        early_stopping=early if early is not None else ("fold" if preset == "reference" else "inner"),
         random_state=sweep_config.seed,
         head_params=sweep_config.head_params(),
         progress=progress,
@@ -183,18 +192,22 @@ def trials_stage(run: RunDir, sweep, *, log: Log = print) -> None:
 
 
 # --------------------------------------------------------------------------- OOF + ensemble
-def _models_complete(run: RunDir, members, folds: int) -> bool:
-    from catdog_features.heads import DenseHead
+def _fold_head(run: RunDir, member: str, fold: int) -> Optional[Path]:
+    """The saved fold head of a member, whatever its kind (``.keras``, ``.h5``), or None."""
+    from catdog_features.heads import find_saved_head
 
-    paths = [run.fold_model(m["name"], k) for m in members for k in range(folds)]
-    return all(p.is_file() and DenseHead.sidecar_path(p).is_file() for p in paths)
+    return find_saved_head(run.fold_model(member, fold))
+
+
+def _models_complete(run: RunDir, members, folds: int) -> bool:
+    return all(_fold_head(run, m["name"], k) is not None for m in members for k in range(folds))
 
 
 def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> Dict[str, np.ndarray]:
     """Each member's mean fold-model probabilities on ``test`` (saved models, no refit)."""
     if test is None or len(test) == 0:
         return {}
-    return {m["name"]: fold_mean_proba([run.fold_model(m["name"], k) for k in range(n_folds)],
+    return {m["name"]: fold_mean_proba([_fold_head(run, m["name"], k) for k in range(n_folds)],
                                        test.concat(m["backbones"]), n_classes) for m in members}
 
 
@@ -267,7 +280,7 @@ def ensemble_stage(run: RunDir, config, members, train, test, *, progress: bool 
     save_chosen_oof(oof, result, run.oof)
     n_folds = int(oof.info.get("folds", ens.folds))
     SavedEnsemble(run, config.extract, oof.members,
-                  {m["name"]: [run.fold_model(m["name"], k) for k in range(n_folds)] for m in oof.members},
+                  {m["name"]: [_fold_head(run, m["name"], k) for k in range(n_folds)] for m in oof.members},
                   result, oof.key, [list(t) for t in oof.test_failed]).write()
     write_text(run.scores, result.format_table() + "\n")
     if result.test_proba is not None:

@@ -84,7 +84,7 @@ OUTPUTS = {
 }
 
 
-_FOLD = re.compile(r"^fold(\d+)\.keras$")
+_FOLD = re.compile(r"^fold(\d+)\.(?:keras|h5)$")  # one file per fold, by head kind
 
 
 def is_run_entry(name: str) -> bool:

@@ -35,9 +35,9 @@ ENSEMBLE_FORMAT = "catdog-features-ensemble/1"
 def fold_mean_proba(paths: Sequence[Path], X, n_classes: int) -> np.ndarray:
     """Mean probabilities of saved fold heads on ``X`` (no refit): a member's prediction."""
     from catdog_features.ensemble import aligned_proba
-    from catdog_features.heads import DenseHead
+    from catdog_features.heads import load_head
 
-    return np.mean([aligned_proba(DenseHead.load(p), X, n_classes) for p in paths], axis=0)
+    return np.mean([aligned_proba(load_head(p), X, n_classes) for p in paths], axis=0)
 
 
 def extraction_from_dict(data, run: RunDir):

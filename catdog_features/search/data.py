@@ -105,6 +105,14 @@ def prepare_data(data, y, backbones) -> SweepData:
     return SweepData(blocks=blocks, names=names, y=y_enc.astype(np.int64), classes=classes)
 
 
+def cv_fold_seed(random_state: int) -> int:
+    """The seed of a sweep's CV folds: derived from ``random_state``, so they are not the folds
+    ``fit_oof`` / ``make_folds`` draw with the same seed. Otherwise the ensemble would score the
+    top trials on the very folds they were picked on, and favour them over the linear member
+    by that selection alone (measured: breast_cancer OOF 0.070 vs test 0.100)."""
+    return int(np.random.SeedSequence([int(random_state), 0xF01D]).generate_state(1)[0] >> 1)
+
+
 def plan_folds(y: np.ndarray, cv: Optional[int], validation_split: float, random_state: int):
     """Row order + validation slice bounds per fold.
 
@@ -125,7 +133,7 @@ def plan_folds(y: np.ndarray, cv: Optional[int], validation_split: float, random
         return np.concatenate([train, val]), [(len(train), n)]
     if isinstance(cv, bool) or int(cv) != cv or int(cv) < 2:
         raise ValueError(f"Received cv={cv!r}; expected None (hold-out) or an int >= 2 folds.")
-    folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=random_state)
+    folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=cv_fold_seed(random_state))
     vals = [val for _, val in folds.split(np.zeros(n), y)]
     stops = np.cumsum([len(v) for v in vals])
     return np.concatenate(vals), [(int(b - len(v)), int(b)) for v, b in zip(vals, stops)]
