@@ -176,7 +176,9 @@ def test_ensemble_command_from_trials_file(binary_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "blend" in text and "chosen: blend" in text
     saved = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
-    assert len(saved["members"]) == 1 and saved["ensemble"]["method"] == "blend"
+    trials = [m for m in saved["members"] if m.get("trial") is not None]
+    assert len(trials) == 1 and saved["ensemble"]["method"] == "blend"  # --top-k 1
+    assert [m["params"] for m in saved["members"] if m.get("trial") is None] == [{"head": "linear"}]  # by default
     assert not (tmp_path / "ens" / "test_predictions.csv").exists()
 
 
