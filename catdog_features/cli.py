@@ -23,6 +23,7 @@ COMMANDS = {
     "run": "run",
     "demo": "demo",
     "cache": "cache",
+    "backbones": "backbones",
 }
 
 

@@ -118,6 +118,8 @@ def test_unreachable_imagenet_download_is_a_clear_error(folder, tmp_path):
     assert "Traceback" not in proc.stderr
     error = proc.stderr[proc.stderr.index("catdog-features extract: error: "):]
     assert error.startswith("catdog-features extract: error: Could not download the ImageNet weights for VGG16")
-    assert "--weights PATH" in error and "--weights none" in error
+    file_name = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"  # issue 11: the file, where it goes, NAME=PATH
+    assert f"--weights VGG16=/path/to/{file_name}" in error and "--weights none" in error
+    assert f"copy it into {tmp_path / 'keras_home' / 'models'}/" in error
     assert not (tmp_path / "c").exists()  # a failed download leaves no empty store entries
 

@@ -147,3 +147,23 @@ def test_names_and_weights_tables(model_files, tmp_path, monkeypatch):
     assert parse_backbones([spec.name, "ResNet50", spec.name]) == (spec.name, "ResNet50")
     # NAME=W splits at the last "=", so names holding one work on the command line
     assert parse_weights(f"{spec.name}=none,ResNet50=imagenet") == {spec.name: None, "ResNet50": "imagenet"}
+
+
+def test_own_model_through_extract_features_and_its_key_follows_the_file(model_files, tmp_path):
+    from catdog_features.features.extract import extract_with_report
+    from catdog_features.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "data", n_per_class=3, n_test=0, size=32) / "train"
+    path = tmp_path / "mine.keras"
+    path.write_bytes(model_files["vector"].read_bytes())
+    name = f"keras:{path}?preprocess=tf"
+    kw = dict(backbones=[name], cache_dir=tmp_path / "store", weights="imagenet", batch_size=4, progress=False)
+    fs, report = extract_with_report(data, **kw)
+    spec = get_backbone(name)
+    assert fs[spec.name].shape == (6, 5) and report.backbones[spec.name].computed == 6
+    assert extract_with_report(data, **kw)[1].backbones[spec.name].computed == 0  # served by the store
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((24, 24, 3))
+    other = keras.Model(inp, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(_conv_trunk(inp))))
+    _save(other, path)  # the same name, another model: a new extractor
+    assert extract_with_report(data, **kw)[1].backbones[spec.name].computed == 6

@@ -253,7 +253,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
     """section -> key -> (validator(value), default or _REQUIRED)."""
     backbones = raw.get("extract", {}).get("backbones", list(DEFAULT_BACKBONES))
     try:
-        backbones = _backbones(backbones)
+        backbones = _backbones(backbones, base)
     except _Bad:
         backbones = ()  # reported when the key itself is validated
     return {
@@ -264,7 +264,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "sample_submission": (lambda v: _optional_path(v, base), None),
         },
         "extract": {
-            "backbones": (_backbones, DEFAULT_BACKBONES),
+            "backbones": (lambda v: _backbones(v, base), DEFAULT_BACKBONES),
             "weights": (lambda v: _weights(v, base, backbones), "imagenet"),
             "image_size": (lambda v: _int(v, 0, " (0: each backbone's native size)", maximum=MAX_IMAGE_SIZE) or None, None),
             "batch_size": (lambda v: _int(v, 1, maximum=MAX_BATCH_SIZE), 32),

@@ -79,7 +79,8 @@ def optional_path(value, base: Path) -> Optional[Path]:
     return None if str_value(value).strip() == "" else path_value(value, base)
 
 
-def backbones_value(value) -> Tuple[str, ...]:
+def backbones_value(value, base: Optional[Path] = None) -> Tuple[str, ...]:
+    """Backbone names; relative ``keras:`` / ``hub:`` paths resolve against ``base`` (the config's folder)."""
     from catdog_features.features.backbones import parse_backbones
 
     if isinstance(value, str):
@@ -87,7 +88,7 @@ def backbones_value(value) -> Tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
         raise BadValue(f"received {value!r}; expected a non-empty list of backbone names such as [\"ResNet50\", \"Xception\"]")
     try:
-        return parse_backbones(value)
+        return parse_backbones(value, base_dir=base)
     except ValueError as exc:
         raise BadValue(str(exc)) from None
 
