@@ -12,13 +12,14 @@ any head. Everything saved is plain arrays or JSON: no pickle.
 
 from __future__ import annotations
 
+import concurrent.futures as _futures
 import hashlib
 import json
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -314,6 +315,64 @@ def aligned_proba(estimator, X, n_classes: int) -> np.ndarray:
     return out
 
 
+class _InProcess:
+    """The inline path's data: the FeatureSets themselves (nothing written to disk)."""
+
+    def __init__(self, features, test, fold_of):
+        self.features, self.test, self.fold_of = features, test, fold_of
+        self.labels = np.asarray(features.labels, dtype=np.int64)
+        self._last: tuple = ((), None, None)
+
+    def matrices(self, backbones):
+        """``(X, X_test)`` of a member's backbones; the last member's are kept (its K folds)."""
+        key = tuple(backbones)
+        if self._last[0] != key:
+            X_test = self.test.concat(list(key)) if self.test is not None else None
+            self._last = (key, self.features.concat(list(key)), X_test)
+        return self._last[1], self._last[2]
+
+
+def _fold_data(data, fold_test: bool, member, k: int):
+    if isinstance(data, _InProcess):
+        X, X_test = data.matrices(member["backbones"])
+        labels, fold_of = data.labels, data.fold_of
+    else:
+        from catdog_features.task_arrays import open_arrays
+
+        arrays = open_arrays(data)
+        X = np.concatenate([np.asarray(arrays[f"train/{b}"]) for b in member["backbones"]], axis=1)
+        X_test = (np.concatenate([np.asarray(arrays[f"test/{b}"]) for b in member["backbones"]], axis=1)
+                  if fold_test else None)
+        labels, fold_of = np.asarray(arrays["labels"]), np.asarray(arrays["folds"])
+    return X, X_test, labels, fold_of
+
+
+def fold_task(payload) -> Dict[str, Any]:
+    """Fit one member on the rows outside fold ``k``; its held-out and test probabilities.
+
+    Runs in this process, a worker process or a Spark task (``payload["data"]`` is then a task
+    folder). Saves the model when ``model_stem`` is set.
+    """
+    member, k, n_classes = payload["member"], int(payload["fold"]), int(payload["n_classes"])
+    start = time.perf_counter()
+    X, X_test, labels, fold_of = _fold_data(payload["data"], payload["test"], member, k)
+    factory = payload["factory"] or default_estimator_factory
+    train_rows, held_out = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+    estimator = factory(dict(member["params"]), int(payload["random_state"]))
+    estimator.fit(X[train_rows], labels[train_rows])  # held-out rows never reach fit
+    out = {"held_out": aligned_proba(estimator, X[held_out], n_classes),
+           "test": None if X_test is None else aligned_proba(estimator, X_test, n_classes)}
+    if payload["model_stem"] is not None:
+        from catdog_features.heads import save_head
+
+        if not hasattr(estimator, "save"):
+            raise ValueError(f"models_dir given but {type(estimator).__name__} has no save(); "
+                             "expected a head of catdog_features.heads.")
+        save_head(estimator, payload["model_stem"])
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
 def fit_oof(
     members,
     features,
@@ -324,6 +383,10 @@ def fit_oof(
     estimator_factory: Optional[Callable] = None,
     models_dir=None,
     progress: bool = True,
+    n_jobs: int = 1,
+    distributor: str = "local",
+    spark_master: Optional[str] = None,
+    task_near=None,
 ) -> OOFPredictions:
     """Out-of-fold predictions of every member, and their fold-mean test predictions.
 
@@ -348,6 +411,18 @@ def fit_oof(
         so new images can be predicted later exactly like the test set was.
     progress : bool
         Show a progress bar.
+    n_jobs : int
+        Fold fits at once (-1: one per core). Every (member, fold) fit is seeded as in a
+        sequential run, so the predictions are the same whichever way they run.
+    distributor : {"local", "spark"}
+        ``"local"``: worker processes with ``cores // n_jobs`` threads each; ``"spark"``: one
+        Spark task per fit. Workers read the features from a task folder (in ``task_near``,
+        else ``models_dir``, else the temporary folder) and save their models into ``models_dir``:
+        both must be on storage the workers reach. ``estimator_factory`` must be picklable.
+    spark_master : str, optional
+        Spark master URL when no SparkSession is active.
+    task_near : path, optional
+        Where the task folder goes (see ``distributor``).
 
     Returns
     -------
@@ -355,46 +430,73 @@ def fit_oof(
     """
     from tqdm.auto import tqdm
 
+    from catdog_features.distributed import TaskPool, check_distributor, resolve_jobs, task_error
+
+    check_distributor(distributor)
+    if not (distributor == "spark" and n_jobs == -1):
+        resolve_jobs(n_jobs)
     if hasattr(members, "top"):
         members = members_from_sweep(members)
     members = normalize_members(members)
     if features.labels is None:
         raise ValueError("fit_oof needs labelled training features; received an unlabeled FeatureSet.")
-    factory = estimator_factory or default_estimator_factory
     n_classes = len(features.class_names)
     labels = np.asarray(features.labels, dtype=np.int64)
     fold_of = make_folds(labels, folds, random_state)
     n_folds = int(fold_of.max()) + 1
     oof = {m["name"]: np.full((len(labels), n_classes), np.nan) for m in members}
-    test_probs = {}
-    durations = {}
+    has_test = test is not None and len(test) > 0
+    fold_test: Dict[tuple, np.ndarray] = {}
+    seconds: Dict[str, float] = {m["name"]: 0.0 for m in members}
     bar = tqdm(total=len(members) * n_folds, desc="OOF fits", unit="fit", disable=not progress)
-    for member in members:
-        name = member["name"]
-        X = features.concat(member["backbones"])
-        X_test = test.concat(member["backbones"]) if test is not None and len(test) else None
-        test_sum = None if X_test is None else np.zeros((len(X_test), n_classes))
-        start = time.perf_counter()
-        for k in range(n_folds):
-            train_rows = np.flatnonzero(fold_of != k)
-            held_out = np.flatnonzero(fold_of == k)
-            estimator = factory(dict(member["params"]), int(random_state) + k)
-            estimator.fit(X[train_rows], labels[train_rows])  # held-out rows never reach fit
-            oof[name][held_out] = aligned_proba(estimator, X[held_out], n_classes)
-            if X_test is not None:
-                test_sum += aligned_proba(estimator, X_test, n_classes)
-            if models_dir is not None:
-                from catdog_features.heads import save_head
+    folder = None
+    with TaskPool(n_jobs, distributor, spark_master) as pool:
+        try:
+            if pool.inline:
+                data = _InProcess(features, test if has_test else None, fold_of)
+            else:
+                from catdog_features.task_arrays import make_task_folder, write_arrays
 
-                if not hasattr(estimator, "save"):
-                    raise ValueError(f"models_dir given but {type(estimator).__name__} has no save(); "
-                                     "expected a head of catdog_features.heads.")
-                save_head(estimator, Path(models_dir) / name / f"fold{k}")
-            bar.update(1)
-        durations[name] = round(time.perf_counter() - start, 3)
-        if test_sum is not None:
-            test_probs[name] = test_sum / n_folds
-    bar.close()
+                used = list(dict.fromkeys(b for m in members for b in m["backbones"]))
+                folder = make_task_folder(task_near if task_near is not None else models_dir, "oof")
+                arrays = {f"train/{b}": features.features[b] for b in used}
+                if has_test:
+                    arrays.update({f"test/{b}": test.features[b] for b in used})
+                write_arrays(folder, {**arrays, "labels": labels, "folds": fold_of})
+                data = str(folder)
+            futures = {}
+            for member in members:
+                for k in range(n_folds):
+                    payload = {"data": data, "member": member, "fold": k, "random_state": int(random_state) + k,
+                               "n_classes": n_classes, "test": has_test, "factory": estimator_factory,
+                               "model_stem": None if models_dir is None
+                               else str(Path(models_dir) / member["name"] / f"fold{k}")}
+                    futures[pool.submit(fold_task, payload)] = (member["name"], k)
+            for future in _futures.as_completed(futures):
+                name, k = futures[future]
+                exc = task_error(future)
+                if exc is not None:
+                    raise exc
+                out = future.result()
+                oof[name][fold_of == k] = out["held_out"]
+                if has_test:
+                    fold_test[(name, k)] = out["test"]
+                seconds[name] += out["seconds"]
+                bar.update(1)
+        finally:
+            bar.close()
+            if folder is not None:
+                from catdog_features.task_arrays import remove_task_folder
+
+                remove_task_folder(folder)
+    test_probs = {}
+    if has_test:
+        for member in members:  # summed in fold order: the same floats however the fits ran
+            total = np.zeros_like(fold_test[(member["name"], 0)])
+            for k in range(n_folds):
+                total += fold_test[(member["name"], k)]
+            test_probs[member["name"]] = total / n_folds
+    durations = {name: round(value, 3) for name, value in seconds.items()}
     test_failed = []
     if test is not None:
         test_failed = [(Path(p).stem, str(p), str(reason)) for p, reason in test.failed]

@@ -100,7 +100,7 @@ class _Pool:
 
     def __init__(self, size: int):
         self.size = size
-        self._free: "collections.OrderedDict[Architecture, List[Step]]" = collections.OrderedDict()
+        self._free: "collections.OrderedDict[Architecture, List[object]]" = collections.OrderedDict()
         self._lock = threading.Lock()
         self.built = 0
 

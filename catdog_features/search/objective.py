@@ -148,3 +148,34 @@ def run_trial(tid: int, hyperopt_vals: Mapping[str, List[Any]], params: Optional
         "hyperopt_vals": {k: list(v) for k, v in hyperopt_vals.items()}, "started_at": started,
         "fold_losses": outcome["fold_losses"],
     }
+
+
+_concat_cache: Dict[Any, np.ndarray] = {}
+
+
+def _worker_matrix(folder: str, subset: Sequence[str]) -> np.ndarray:
+    """The concatenated matrix of ``subset`` from a task folder (the last one kept per process)."""
+    from catdog_features.task_arrays import open_arrays
+
+    key = (folder, tuple(subset))
+    if key not in _concat_cache:
+        arrays = open_arrays(folder)
+        names = tuple(subset) or ("",)
+        _concat_cache.clear()
+        _concat_cache[key] = np.concatenate([np.asarray(arrays[f"x/{name}"]) for name in names], axis=1)
+    return _concat_cache[key]
+
+
+def trial_task(payload: Mapping[str, Any]) -> Dict[str, Any]:
+    """A trial run in a worker process or a Spark task: reads its data from a task folder.
+
+    ``payload`` holds the task folder (``x/<backbone>`` blocks and ``y``, rows in fold order),
+    the drawn point and the objective's settings: paths and plain values only.
+    """
+    from catdog_features.task_arrays import open_arrays
+
+    folder = payload["data"]
+    y = np.asarray(open_arrays(folder)["y"])
+    return run_trial(payload["tid"], payload["hyperopt_vals"], payload["params"], payload["backbones"],
+                     lambda subset: _worker_matrix(folder, subset), y, [tuple(b) for b in payload["bounds"]],
+                     payload["n_classes"], payload["early_stopping"])
