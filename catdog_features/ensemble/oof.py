@@ -324,6 +324,8 @@ def fit_oof(
     estimator_factory: Optional[Callable] = None,
     models_dir=None,
     progress: bool = True,
+    train_views: Optional[Sequence[str]] = None,
+    tta: Optional[Sequence[str]] = None,
 ) -> OOFPredictions:
     """Out-of-fold predictions of every member, and their fold-mean test predictions.
 
@@ -348,11 +350,24 @@ def fit_oof(
         so new images can be predicted later exactly like the test set was.
     progress : bool
         Show a progress bar.
+    train_views : sequence of str, optional
+        Views of a multi-view ``features`` that dense fold models train on (one view per
+        image and epoch); folds are of images, so all views of an image sit in the same fold,
+        and held-out rows are predicted on the plain view (``features.view_name``).
+    tta : sequence of str, optional
+        Test-time augmentation: for each member, the mean of its fold model's probabilities
+        over these views of the held-out rows (and of the test set) replaces the plain
+        prediction only where it lowers the member's OOF log loss; the choice and both losses
+        are in the member config (``"tta"``) and ``info["tta"]``
+        (:func:`~catdog_features.ensemble.tta.choose_tta`). ``test`` must hold these views.
 
     Returns
     -------
     OOFPredictions
     """
+    from catdog_features.ensemble.tta import check_views, choose_tta
+    from catdog_features.heads.views import accepts_views, fit_on_views
+
     from tqdm.auto import tqdm
 
     if hasattr(members, "top"):
@@ -363,8 +378,15 @@ def fit_oof(
     factory = estimator_factory or default_estimator_factory
     n_classes = len(features.class_names)
     labels = np.asarray(features.labels, dtype=np.int64)
-    fold_of = make_folds(labels, folds, random_state)
+    fold_of = make_folds(labels, folds, random_state)  # of images: every view of a row shares its fold
     n_folds = int(fold_of.max()) + 1
+    train_views = check_views(features, train_views, "train_views", exclude=features.view_name)
+    tta = check_views(features, tta, "tta")
+    if tta and test is not None and len(test):
+        check_views(test, tta, "tta (test features)")
+    tta_oof = {m["name"]: {v: np.full((len(labels), n_classes), np.nan) for v in tta} for m in members}
+    tta_test = {}
+    viewed = set()  # members whose fold models trained on the views
     oof = {m["name"]: np.full((len(labels), n_classes), np.nan) for m in members}
     test_probs = {}
     durations = {}
@@ -374,15 +396,26 @@ def fit_oof(
         X = features.concat(member["backbones"])
         X_test = test.concat(member["backbones"]) if test is not None and len(test) else None
         test_sum = None if X_test is None else np.zeros((len(X_test), n_classes))
+        X_views = [features.concat(member["backbones"], view=v) for v in train_views]
+        X_tta = {v: features.concat(member["backbones"], view=v) for v in tta}
+        T_tta = {v: test.concat(member["backbones"], view=v) for v in tta} if X_test is not None else {}
+        tta_sum = {v: np.zeros((len(X_test), n_classes)) for v in T_tta}
         start = time.perf_counter()
         for k in range(n_folds):
             train_rows = np.flatnonzero(fold_of != k)
             held_out = np.flatnonzero(fold_of == k)
             estimator = factory(dict(member["params"]), int(random_state) + k)
-            estimator.fit(X[train_rows], labels[train_rows])  # held-out rows never reach fit
+            # held-out rows never reach fit, in any view
+            fit_on_views(estimator, X[train_rows], labels[train_rows], [x[train_rows] for x in X_views])
+            if X_views and accepts_views(estimator):
+                viewed.add(name)
             oof[name][held_out] = aligned_proba(estimator, X[held_out], n_classes)
             if X_test is not None:
                 test_sum += aligned_proba(estimator, X_test, n_classes)
+            for v in tta:
+                tta_oof[name][v][held_out] = aligned_proba(estimator, X_tta[v][held_out], n_classes)
+                if v in T_tta:
+                    tta_sum[v] += aligned_proba(estimator, T_tta[v], n_classes)
             if models_dir is not None:
                 from catdog_features.heads import save_head
 
@@ -394,7 +427,15 @@ def fit_oof(
         durations[name] = round(time.perf_counter() - start, 3)
         if test_sum is not None:
             test_probs[name] = test_sum / n_folds
+        if T_tta:
+            tta_test[name] = {v: t / n_folds for v, t in tta_sum.items()}
     bar.close()
+    tta_info = {}
+    if viewed:  # which views the fold models drew from (plain first), for the report
+        members = [{**m, "train_views": [features.view_name] + list(train_views)} if m["name"] in viewed else m
+                   for m in members]
+    if tta:
+        members, tta_info = choose_tta(members, oof, test_probs, tta_oof, tta_test, labels, tta)
     test_failed = []
     if test is not None:
         test_failed = [(Path(p).stem, str(p), str(reason)) for p, reason in test.failed]
@@ -408,7 +449,22 @@ def fit_oof(
         test_ids=None if test is None else np.asarray(test.ids, dtype=str),
         test=test_probs,
         test_failed=test_failed,
-        key=oof_key(members, features, test, folds, random_state),
+        key=oof_key(members, features, test, folds, random_state, views_extra(features, test, train_views, tta)),
         info={"folds": n_folds, "random_state": int(random_state), "fit_seconds": durations,
-              "train_key": oof_key(members, features, None, folds, random_state)},
+              "train_key": oof_key(members, features, None, folds, random_state,
+                                   views_extra(features, None, train_views, tta)),
+              **({"train_views": list(train_views)} if train_views else {}),
+              **({"tta": tta_info} if tta_info else {})},
     )
+
+
+def views_extra(features, test, train_views, tta) -> Optional[dict]:
+    """What the views add to an :func:`oof_key`: which views, and the fingerprint of their vectors
+    (None without views, so keys of plain-only ensembles are unchanged)."""
+    train_views, tta = list(train_views or ()), list(tta or ())
+    if not train_views and not tta:
+        return None
+    used = sorted(set(train_views) | set(tta))
+    return {"train_views": train_views, "tta": tta,
+            "train": {v: feature_fingerprint(features.view(v)) for v in used},
+            "test": None if test is None or not tta else {v: feature_fingerprint(test.view(v)) for v in tta}}

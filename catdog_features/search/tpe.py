@@ -210,6 +210,7 @@ def sweep(
     timeout: Optional[float] = None,
     new: bool = False,
     n_startup_jobs: int = DEFAULT_N_STARTUP_JOBS,
+    train_views: Optional[Sequence[str]] = None,
 ) -> SweepResult:
     """Search head kinds and hyperparameters (and backbone subsets) with Hyperopt TPE.
 
@@ -259,6 +260,11 @@ def sweep(
     n_startup_jobs : int
         Random trials before TPE starts modelling (hyperopt's default 20), counting trials
         already in the file.
+    train_views : sequence of str, optional
+        Views of a multi-view FeatureSet (``extract_features(..., views=[...])``) that dense
+        heads train on: each epoch draws one view per image (augmentation without rerunning
+        a backbone). Folds are of images, so all views of an image sit in the same fold; the
+        scored rows are the FeatureSet's own view (plain). Default: that view only.
 
     Returns
     -------
@@ -267,7 +273,7 @@ def sweep(
     """
     if isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer)) or int(max_evals) < 0:
         raise ValueError(f"Received max_evals={max_evals!r}; expected an int >= 0.")
-    sdata = prepare_data(data, y, backbones)
+    sdata = prepare_data(data, y, backbones, train_views)
     fixed = dict(head_params or {})
     user_space = _resolve_space(space, sdata, search_backbones, fixed)
     if early_stopping is None:
@@ -345,7 +351,8 @@ def _run(space, records, store, sdata, order, bounds, objective, fixed, max_eval
                 error = f"{type(exc).__name__}: {exc}"
             timings["suggest"] += time.perf_counter() - t0
             record = run_trial(tid, hvals, params, chosen, concat.get, y_ord, bounds, len(sdata.classes),
-                               objective.early_stopping, point_error=error)
+                               objective.early_stopping, point_error=error,
+                               views_of=concat.views if sdata.views else None)
             timings["trials"] += record["duration_s"]
             t0 = time.perf_counter()
             if store is not None:
