@@ -70,6 +70,23 @@ def transforms_only(data, k: int):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def reader_only(data, size: int, views, repeats: int = 1):
+    """(wall s, CPU s) of the reader alone (read + decode + views + resize, no model), one thread."""
+    from contextlib import closing
+
+    from catdog_features.features.reader import read_windows
+    from catdog_features.features.views import view_transform, view_zoom
+
+    paths = [str(p) for p in sorted(Path(data).glob("*.jpg"))]
+    spec = [(v, view_transform(v), view_zoom(v)) for v in views]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        with closing(read_windows(paths, [size], [(0, len(paths))], num_workers=0, views=spec)) as it:
+            for _batch in it:
+                pass
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -78,7 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=None, help="augmented views (default 4; --quick 2)")
     parser.add_argument("--backbone", default=None, help="registry name (default ResNet50; --quick VGG16)")
     parser.add_argument("--image-size", type=int, default=None, help="model input size (default 128; --quick 64)")
-    parser.add_argument("--photo-size", type=int, default=400,
+    parser.add_argument("--photo-size", type=int, default=600,
                         help="side of the generated JPEGs (decode cost grows with it; default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
@@ -98,6 +115,9 @@ def main(argv=None) -> int:
         views = timed_extract(data, tmp / "views", [f"aug:{j}" for j in range(args.k)], args)
         separate = [timed_extract(data, tmp / f"sep{j}", ["plain"], args) for j in range(args.k)]
         t_wall, t_cpu = transforms_only(data, args.k)
+        r1 = reader_only(data, args.image_size, ["plain"])
+        rk = reader_only(data, args.image_size, [f"aug:{j}" for j in range(args.k)])
+        rsep = reader_only(data, args.image_size, ["plain"], repeats=args.k)
 
     sep = {key: sum(s[key] for s in separate) for key in ("wall", "cpu", "model", "pass", "pass_cpu")}
     rows = [("(a) plain, 1 view", plain), (f"(b) {args.k} aug views, one pass", views),
@@ -106,6 +126,9 @@ def main(argv=None) -> int:
     for name, r in rows:
         print(f"{name:34} {r['pass']:>11.2f} {r['pass_cpu']:>10.2f} {r['model']:>8.2f} {r['pass'] - r['model']:>11.2f}")
     print(f"{'(d) transforms only (K views)':34} {t_wall:>11.2f} {t_cpu:>10.2f}")
+    print(f"{'(e) reader only: plain':34} {r1[0]:>11.2f} {r1[1]:>10.2f}")
+    print(f"{'(e) reader only: K aug, one decode':34} {rk[0]:>11.2f} {rk[1]:>10.2f}")
+    print(f"{'(e) reader only: K x plain':34} {rsep[0]:>11.2f} {rsep[1]:>10.2f}")
     print(f"rows computed: (a) {plain['computed']}, (b) {views['computed']}, (c) {sum(s['computed'] for s in separate)}")
 
     def ratio(a, b):
@@ -120,6 +143,11 @@ def main(argv=None) -> int:
     print(f"  non-model time (b)/(a) {ratio(views['pass'] - views['model'], plain['pass'] - plain['model']):.2f}  "
           f"vs (c)/(a) {ratio(sep['pass'] - sep['model'], plain['pass'] - plain['model']):.2f}  "
           "(decode once: (b) = one decode + the transforms; (c) = K decodes)")
+    print(f"  reader K aug / plain: wall {ratio(rk[0], r1[0]):.2f}, CPU {ratio(rk[1], r1[1]):.2f};  K x plain / plain: "
+          f"wall {ratio(rsep[0], r1[0]):.2f}, CPU {ratio(rsep[1], r1[1]):.2f}  (decode once: the K-view reader costs one "
+          "decode + K transforms + K resizes)")
+    print(f"  decode share of (c): {ratio(rsep[1], sep['pass_cpu']):.1%} of its CPU time; model share of (b): "
+          f"{ratio(views['model'], views['pass']):.1%} of its wall time")
     return 0
 
 
