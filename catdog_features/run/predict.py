@@ -46,6 +46,7 @@ def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = No
         batch_size=extraction.batch_size,
         labels_csv=None if labels_csv is None else str(labels_csv),
         progress=progress,
+        views=list(getattr(extraction, "views", None) or ("plain",)),
     )
 
 

@@ -219,6 +219,7 @@ def sweep(
     n_jobs: int = 1,
     distributor: str = "local",
     spark_master: Optional[str] = None,
+    train_views: Optional[Sequence[str]] = None,
 ) -> SweepResult:
     """Search head kinds and hyperparameters (and backbone subsets) with Hyperopt TPE.
 
@@ -281,6 +282,11 @@ def sweep(
         ``trials_path`` (so put the trials file on storage the executors reach).
     spark_master : str, optional
         Spark master URL when no SparkSession is active (default ``local[*]``).
+    train_views : sequence of str, optional
+        Views of a multi-view FeatureSet (``extract_features(..., views=[...])``) that dense
+        heads train on: each epoch draws one view per image (augmentation without rerunning
+        a backbone). Folds are of images, so all views of an image sit in the same fold; the
+        scored rows are the FeatureSet's own view (plain). Default: that view only.
 
     Returns
     -------
@@ -294,7 +300,7 @@ def sweep(
     check_distributor(distributor)
     if not (distributor == "spark" and n_jobs == -1):
         resolve_jobs(n_jobs)
-    sdata = prepare_data(data, y, backbones)
+    sdata = prepare_data(data, y, backbones, train_views)
     fixed = dict(head_params or {})
     user_space = _resolve_space(space, sdata, search_backbones, fixed)
     if early_stopping is None:
@@ -381,8 +387,10 @@ def _run(space, records, store, sdata, order, bounds, objective, fixed, max_eval
         from catdog_features.task_arrays import make_task_folder, write_arrays
 
         folder = make_task_folder(task_near, "sweep")
-        write_arrays(folder, {**{f"x/{name}": sdata.blocks[name or ""][order] for name in (sdata.names or [""])},
-                              "y": y_ord})
+        arrays = {f"x/{name}": sdata.blocks[name or ""][order] for name in (sdata.names or [""])}
+        for view, blocks in sdata.views.items():  # training views, rows aligned with the plain ones
+            arrays.update({f"v/{view}/{name}": blocks[name][order] for name in sdata.names})
+        write_arrays(folder, {**arrays, "y": y_ord})
     bar = None
     if progress and len(records) < max_evals:
         from tqdm.auto import tqdm
@@ -414,12 +422,14 @@ def _run(space, records, store, sdata, order, bounds, objective, fixed, max_eval
         point = {"tid": tid, "hyperopt_vals": hvals, "params": params, "backbones": chosen}
         if pool.inline or error is not None:
             record = run_trial(tid, hvals, params, chosen, concat.get, y_ord, bounds, len(sdata.classes),
-                               objective.early_stopping, point_error=error)
+                               objective.early_stopping, point_error=error,
+                               views_of=concat.views if sdata.views else None)
             future = pool.submit(lambda r: r, record) if pool.inline else _done(record)
         else:
             future = pool.submit(trial_task, {**point, "data": str(folder), "bounds": [list(b) for b in bounds],
                                               "n_classes": len(sdata.classes),
-                                              "early_stopping": objective.early_stopping})
+                                              "early_stopping": objective.early_stopping,
+                                              "views": list(sdata.views)})
         running[future] = point
 
     def commit(future):
