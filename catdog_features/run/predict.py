@@ -23,11 +23,13 @@ class CacheLocationWarning(UserWarning):
 
 
 def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = None, labels_csv=None,
-                  progress: bool = True):
+                  progress: bool = True, distributed=None):
     """``(FeatureSet, ExtractionReport)`` of ``source`` with a run's extraction settings.
 
     ``extraction`` is an :class:`~catdog_features.run.config.ExtractConfig`; ``backbones``
-    defaults to all of its backbones. The store answers what it already holds.
+    defaults to all of its backbones. The store answers what it already holds;
+    ``distributed`` (a :class:`~catdog_features.run.config.DistributedConfig`) says where the
+    missing rows are computed.
     """
     from catdog_features.features.extract import extract_with_report
 
@@ -47,6 +49,8 @@ def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = No
         labels_csv=None if labels_csv is None else str(labels_csv),
         progress=progress,
         views=list(getattr(extraction, "views", None) or ("plain",)),
+        **({} if distributed is None else {"distributor": distributed.distributor,
+                                           "spark_master": distributed.master, "partitions": distributed.partitions}),
     )
 
 
