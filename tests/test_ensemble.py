@@ -230,7 +230,7 @@ def test_multiclass_ensemble_with_all_methods():
         result = fit_ensemblers(oof, method=method)
         assert result.test_proba.shape == (6, 3)
         np.testing.assert_allclose(result.test_proba.sum(axis=1), 1.0)
-        assert {r["name"] for r in result.scores} == {"a", "b", "ab", "mean", "blend", "stack"}
+        assert {r["name"] for r in result.scores} == {"a", "b", "ab", "mean", "blend", "stack", "best"}
     assert "chosen:" in result.format_table()
 
 
@@ -297,7 +297,7 @@ def test_chosen_oof_probabilities_are_saved_in_the_oof_file(binary_oof, tmp_path
     result = fit_ensemblers(oof, method="stack")
     ens.save_chosen_oof(oof, result, tmp_path / "oof.h5")
     loaded = OOFPredictions.load(tmp_path / "oof.h5")
-    assert loaded.chosen == "stack" and set(loaded.ensembles) == {"mean", "blend", "stack"}
+    assert loaded.chosen == "stack" and set(loaded.ensembles) == {"mean", "blend", "stack", "best"}
     np.testing.assert_array_equal(loaded.chosen_proba, result.oof_proba)
     assert log_loss(loaded.chosen_proba, loaded.labels) == pytest.approx(result.chosen_score["log_loss"], rel=1e-12)
     # a file without them (written before they were stored) still loads
@@ -317,3 +317,23 @@ def test_near_constant_predictions_are_recognised(probs, constant):
     assert (message is not None) == constant
     if constant:
         assert "test predictions are (nearly) constant" in message and "100 rows" in message
+
+
+def test_auto_never_chooses_worse_than_the_nested_best_member():
+    """Weights fitted on a few rows can overfit; "best" (one member, picked per nested part) is a candidate."""
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.arange(n) % 2
+    good = np.clip(np.where(y[:, None] == np.arange(2), 0.8, 0.2) + rng.normal(0, 0.05, (n, 2)), 0.01, 0.99)
+    members = {f"noise{i}": rng.dirichlet([1, 1], size=n) for i in range(5)}
+    members["good"] = good / good.sum(axis=1, keepdims=True)
+    oof = OOFPredictions(ids=np.array([str(i) for i in range(n)]), labels=y, folds=np.arange(n) % 3,
+                         class_names=("a", "b"), members=[{"name": k, "params": {}, "backbones": []} for k in members],
+                         oof=members, test_ids=None, test={}, test_failed=[], key="k", info={"folds": 3})
+    result = fit_ensemblers(oof)
+    ll = {r["name"]: r["log_loss"] for r in result.scores}
+    assert result.best_member == "good"
+    assert ll[result.method] <= ll["best"] + 1e-12
+    # "best" predicts with the chosen member alone, and survives the JSON round trip
+    again = type(result).from_dict(result.to_dict())
+    np.testing.assert_array_equal(again.combine(members, "best"), members["good"])

@@ -82,7 +82,7 @@ def test_run_oof_file_covers_every_training_image_once(binary_run):
     for name in oof.member_names:
         assert not np.isnan(oof.oof[name]).any()
     ensemble = json.loads((binary_run["out"] / "ensemble.json").read_text())
-    assert ensemble["ensemble"]["method"] in ("mean", "blend", "stack")
+    assert ensemble["ensemble"]["method"] in ("mean", "blend", "stack", "best")
     assert ensemble["extraction"]["weights"] == "none"
     for paths in ensemble["models"].values():
         assert len(paths) == 3 and all((binary_run["out"] / p).is_file() for p in paths)

@@ -1,8 +1,10 @@
 """Ensemblers on OOF predictions: mean, weighted blend, stacking; the chosen method and clip.
 
 :func:`fit_ensemblers` fits (a) the plain mean, (b) a weighted blend (non-negative weights
-summing to 1, minimising OOF log loss) and (c) a stacker (logistic regression on member
-logits). Every ensembler has **one** set of out-of-fold probabilities and every score is
+summing to 1, minimising OOF log loss), (c) a stacker (logistic regression on member
+logits) and (d) ``best``: the single member with the lowest OOF log loss, so that on small
+data, where weights fitted on a few hundred rows overfit, the choice can't end up worse
+than its best member (the CV-tuned linear one, by default). Every ensembler has **one** set of out-of-fold probabilities and every score is
 computed on it: the mean needs no fit; the blend's and the stacker's OOF probabilities come
 from nested cross-validation (weights/coefficients re-fitted on each outer training part),
 so an ensembler fitted on the very rows it is scored on never looks better than it is.
@@ -24,7 +26,7 @@ from catdog_features.ensemble.metrics import CLIP_GRID, TINY, accuracy, choose_c
 from catdog_features.ensemble.oof import OOFPredictions, make_folds
 
 #: Ensemble methods; "auto" picks the one with the lowest OOF log loss.
-METHODS = ("auto", "blend", "stack", "mean")
+METHODS = ("auto", "blend", "stack", "mean", "best")
 _STACK_EPS = 1e-6
 
 
@@ -125,6 +127,8 @@ def _combine(method: str, member_probs: Sequence[np.ndarray], weights, stacker, 
         return np.tensordot(np.asarray(weights, dtype=np.float64), np.asarray(member_probs), axes=1)
     if method == "stack":
         return apply_stacker(stacker, member_probs, n_classes)
+    if method == "best":  # ``weights``: the chosen member's index
+        return np.asarray(member_probs[int(weights)], dtype=np.float64)
     raise ValueError(f"Unknown ensemble method. Received: method={method!r}; expected one of {METHODS[1:]}.")
 
 
@@ -168,6 +172,7 @@ class EnsembleResult:
     oof_proba: Optional[np.ndarray] = None
     test_proba: Optional[np.ndarray] = None
     oof_by_method: Dict[str, np.ndarray] = field(default_factory=dict)
+    best_member: Optional[str] = None  # the member of method "best"
 
     def combine(self, member_probs: Mapping[str, np.ndarray], method: Optional[str] = None) -> np.ndarray:
         """Combine per-member probabilities (name -> (n, n_classes)) with the fitted ensembler."""
@@ -175,8 +180,12 @@ class EnsembleResult:
         if missing:
             raise ValueError(f"Missing member predictions: {missing}; expected all of {self.members}.")
         probs = [np.asarray(member_probs[m], dtype=np.float64) for m in self.members]
+        method = method or self.method
+        if method == "best":
+            best = self.best_member if self.best_member in self.members else self.members[0]
+            return _combine("best", probs, self.members.index(best), None, len(self.class_names))
         weights = [self.weights[m] for m in self.members]
-        return _combine(method or self.method, probs, weights, self.stacker, len(self.class_names))
+        return _combine(method, probs, weights, self.stacker, len(self.class_names))
 
     @property
     def chosen_score(self) -> dict:
@@ -213,6 +222,7 @@ class EnsembleResult:
             "weights": self.weights,
             "stacker": self.stacker,
             "prior": [float(p) for p in self.prior],
+            "best_member": self.best_member,
         }
 
     @classmethod
@@ -227,6 +237,7 @@ class EnsembleResult:
             weights=dict(data["weights"]),
             stacker=dict(data["stacker"]),
             prior=np.asarray(data["prior"], dtype=np.float64),
+            best_member=data.get("best_member"),
         )
 
 
@@ -255,6 +266,18 @@ def _nested_stack(member_probs, y, splits, n_classes, C) -> np.ndarray:
     return out
 
 
+def _best_index(member_probs, y) -> int:
+    return int(np.argmin([log_loss(p, y) for p in member_probs]))
+
+
+def _nested_best(member_probs, y, splits) -> np.ndarray:
+    """OOF probabilities of "pick the best member": chosen on each outer training part."""
+    out = np.zeros_like(member_probs[0])
+    for train_rows, held_out in splits:
+        out[held_out] = member_probs[_best_index([p[train_rows] for p in member_probs], y[train_rows])][held_out]
+    return out
+
+
 def _small_problem_threads(n_values: int):
     """One BLAS thread for small matrices: on a busy machine, idle BLAS threads spinning for
     work cost 10x the arithmetic of a few-hundred-row logistic regression."""
@@ -279,11 +302,11 @@ def fit_ensemblers(
     Parameters
     ----------
     oof : OOFPredictions
-    method : {"auto", "blend", "stack", "mean"}
-        ``"auto"`` picks the lowest OOF log loss: that of the mean, and of the blend's
-        and the stacker's nested-CV OOF probabilities (their weights/coefficients are
+    method : {"auto", "blend", "stack", "mean", "best"}
+        ``"auto"`` picks the lowest OOF log loss: that of the mean, and of the blend's,
+        the stacker's and the best member's nested-CV OOF probabilities (their weights/coefficients are
         re-fitted on each outer training part with a split seeded ``random_state + 1``,
-        different from the members' folds). Ties prefer mean, then blend.
+        different from the members' folds). Ties prefer mean, then blend, then stack.
     clip : "auto" or float
         ``"auto"``: the epsilon of ``clip_grid`` with the lowest OOF log loss of the
         chosen method. A number is used as is.
@@ -317,7 +340,10 @@ def _fit_all(probs, y, n_classes, splits, stack_C, names):
                   "logistic regression, nested CV; in-sample log loss "
                   + ("n/a" if stack_fit is None else f"{stack_fit:.5f}")),
     }
-    return rows, weights, stacker
+    best = _best_index(probs, y)
+    rows["best"] = (_nested_best(probs, y, splits), log_loss(probs[best], y),
+                    f"the best member ({names[best]}), chosen per nested-CV part")
+    return rows, weights, stacker, names[best]
 
 
 def _score_row(name: str, kind: str, p, y, fit_ll, note: str) -> dict:
@@ -342,11 +368,11 @@ def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> Ense
         raise ValueError("OOF predictions contain NaN (an incomplete OOF file?); refit the members.")
     n_folds = int(oof.info.get("folds", int(np.max(oof.folds)) + 1))
     splits = _cv_splits(y, max(2, n_folds), random_state + 1)
-    rows, weights, stacker = _fit_all(probs, y, oof.n_classes, splits, stack_C, names)
+    rows, weights, stacker, best_member = _fit_all(probs, y, oof.n_classes, splits, stack_C, names)
     scores = [_score_row(n, "member", p, y, None, _member_note(_member(oof, n))) for n, p in zip(names, probs)]
     scores += [_score_row(n, "ensemble", p, y, fit_ll, note) for n, (p, fit_ll, note) in rows.items()]
     if method == "auto":
-        order = ("mean", "blend", "stack")
+        order = ("mean", "blend", "stack", "best")
         ll = {r["name"]: r["log_loss"] for r in scores if r["kind"] == "ensemble"}
         method = min(order, key=lambda m: (round(ll[m], 10), order.index(m)))
     if method == "stack" and stacker is None:
@@ -360,6 +386,7 @@ def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> Ense
         class_names=tuple(oof.class_names), members=list(names), method=method, clip=eps,
         clip_losses=clip_losses, scores=scores, weights={n: float(w) for n, w in zip(names, weights)},
         stacker=stacker or {}, prior=oof.prior, oof_proba=oof_by_method[method], oof_by_method=oof_by_method,
+        best_member=best_member,
     )
     if oof.test:
         result.test_proba = result.combine(oof.test)
