@@ -139,7 +139,35 @@ def check_line(line):
         return "notebook exists; executed by tests/test_notebook.py"
     if argv[:4] == ["python", "-m", "pip", "install"]:
         return "pip install (download): recognised only"
+    if argv[0] == "spark-submit":
+        return check_spark_submit(argv[1:])
+    if argv[:3] == ["sudo", "apt-get", "install"]:
+        packages = [a for a in argv[3:] if not a.startswith("-")]
+        ci = CI.read_text(encoding="utf-8")
+        assert packages and all(p in ci for p in packages), f".ci/run does not install {packages}"
+        return "apt-get install: what .ci/run installs"
     raise AssertionError(f"README command not covered by tests/test_readme.py: {line!r}")
+
+
+#: spark-submit options that take a value (the ones the README uses)
+SPARK_SUBMIT_VALUED = {"--master", "--conf", "--deploy-mode", "--num-executors", "--executor-cores",
+                       "--executor-memory", "--driver-memory", "--py-files", "--name"}
+
+
+def check_spark_submit(argv):
+    """``spark-submit [options] SCRIPT.py [args]``: known options, ``--conf k=v``, and SCRIPT is a
+    ```python block of the README whose first line is ``# SCRIPT.py`` (compiled by the python test)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("--"):
+        assert argv[i] in SPARK_SUBMIT_VALUED, f"unknown spark-submit option {argv[i]!r}"
+        if argv[i] == "--conf":
+            assert re.fullmatch(r"spark\.[\w.]+=\S+", argv[i + 1]), argv[i + 1]
+        i += 2
+    script = argv[i]
+    bodies = [body for _, lang, body in blocks("python")]
+    assert any(body.splitlines()[0].strip() == f"# {script}" for body in bodies), \
+        f"spark-submit runs {script!r}: expected a ```python block starting with '# {script}'"
+    return "spark-submit: script shown and compiled"
 
 
 def test_checked_commands_parse():
