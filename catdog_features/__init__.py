@@ -37,6 +37,7 @@ _LAZY = {
     "FeatureStore": "features.store",
     "DenseHead": "heads",
     "LinearHead": "heads",
+    "TopBlockHead": "heads",
     "load_head": "heads",
     "lr_find": "heads",
     "sweep": "search",
