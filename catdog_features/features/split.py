@@ -154,7 +154,8 @@ def spatial_model(model, split: str, backbone: str = "", default: str = ""):
 
     tensor = split_tensor(model, split, backbone, default)
     top_block(model, split, backbone, default, _tensor=tensor)  # fail now, not in a head later
-    return keras.Model(model.inputs, tensor, name=f"{model.name}_to_{_safe(split)}")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # one tensor in, one out: no structure warnings
+    return keras.Model(inputs, tensor, name=f"{model.name}_to_{_safe(split)}")
 
 
 def top_block(model, split: str, backbone: str = "", default: str = "", _tensor=None):

@@ -193,7 +193,7 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
         x = keras.layers.Dropout(p["dropout"], seed=dropout_seed, name="head_dropout", dtype="float32")(pooled)
         logits = keras.layers.Dense(n_out, kernel_initializer=keras.initializers.GlorotUniform(seed=init_seed),
                                     name="head_output", dtype="float32")(x)
-        model = keras.Model(block.inputs, logits, name="top_block_head")
+        model = keras.Model(block.inputs[0], logits, name="top_block_head")
         return model, canonical, names
 
     def _optimizer(self, p):
@@ -351,7 +351,7 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
         import keras
 
         X = self._checked_input(X)
-        pooled = keras.Model(self.model_.inputs, self.model_.get_layer("head_dropout").input)
+        pooled = keras.Model(self.model_.inputs[0], self.model_.get_layer("head_dropout").input)
         return np.concatenate([np.asarray(pooled(np.asarray(X[s:s + PREDICT_BATCH], np.float32), training=False))
                                for s in range(0, len(X), PREDICT_BATCH)])
 
