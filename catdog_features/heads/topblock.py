@@ -75,7 +75,8 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
         which ``fit`` checks.
     train_layers : "all" or int, default="all"
         Which layers of the top block train: ``"all"``, or the last ``k`` layers that have
-        weights (``0``: the top block stays frozen and only the Dense layer trains).
+        weights (batch norms counted only with ``train_batchnorm``); ``0``: the top block stays
+        frozen and only the Dense layer trains.
     train_batchnorm : bool, default=False
         Whether batch-normalisation layers of the top block train too. Off: they keep their
         pretrained statistics and run in inference mode (the usual choice for fine-tuning on
@@ -179,16 +180,17 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
                 f"{canonical!r} gives at image_size={self.image_size or 'native'} (pass the extraction's image_size)."
             )
         inner = block.layers[-1]  # the top block as one functional model (its layers share the backbone's weights)
-        weighted = [layer for layer in inner.layers if layer.weights]
+        def trainable_kind(layer):  # batch norms count only when they may train
+            return bool(layer.weights) and (bool(self.train_batchnorm)
+                                            or not isinstance(layer, keras.layers.BatchNormalization))
+
+        weighted = [layer for layer in inner.layers if trainable_kind(layer)]
         chosen = weighted if p["train_layers"] == "all" else (weighted[-p["train_layers"]:] if p["train_layers"] else [])
         chosen_ids = {id(layer) for layer in chosen}
         inner.trainable = True
-        names = []
         for layer in inner.layers:
-            is_bn = isinstance(layer, keras.layers.BatchNormalization)
-            layer.trainable = id(layer) in chosen_ids and (not is_bn or bool(self.train_batchnorm))
-            if layer.trainable and layer.weights:
-                names.append(layer.name)
+            layer.trainable = id(layer) in chosen_ids
+        names = [layer.name for layer in chosen]
         pooled = block.outputs[0]
         x = keras.layers.Dropout(p["dropout"], seed=dropout_seed, name="head_dropout", dtype="float32")(pooled)
         logits = keras.layers.Dense(n_out, kernel_initializer=keras.initializers.GlorotUniform(seed=init_seed),
