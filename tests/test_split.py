@@ -169,3 +169,27 @@ def test_bad_splits_name_the_value_and_valid_layers(images, tmp_path, backbone, 
 def test_split_must_be_a_string(value, tmp_path):
     with pytest.raises(ValueError, match="Received: split="):
         cache_entries(backbones=("ResNet50",), cache_dir=tmp_path, weights=None, split=value)
+
+
+@pytest.mark.parametrize("value, expected", [("default", "default"), (" mixed9 ", "mixed9"), ("", None)])
+def test_config_extract_split(tmp_path, value, expected):
+    from catdog_features.run.config import parse_config
+
+    config = parse_config({"data": {"train": "x"}, "extract": {"split": value}}, tmp_path)
+    assert config.extract.split == expected and config.extract.to_dict()["split"] == expected
+    assert parse_config({"data": {"train": "x"}}, tmp_path).extract.split is None
+    with pytest.raises(ValueError, match=r"\[extract\] split: received 3; expected a layer name"):
+        parse_config({"data": {"train": "x"}, "extract": {"split": 3}}, tmp_path)
+
+
+def test_cli_extract_split(images, tmp_path, capsys):
+    from catdog_features import cli
+
+    argv = ["extract", str(images), "--backbones", "ResNet50", "--cache", str(tmp_path), "--weights", "none",
+            "--image-size", "32", "--batch-size", "4", "--no-progress"]
+    assert cli.main(argv + ["--split", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "map 1 x 1 x 2048 float16 at conv5_block2_out" in out and "computed 4" in out
+    assert cli.main(argv + ["--split", "nope"]) != 0
+    err = capsys.readouterr().err
+    assert "Unknown split layer for ResNet50. Received: split='nope'" in err and "conv5_block2_out" in err

@@ -23,11 +23,12 @@ class CacheLocationWarning(UserWarning):
 
 
 def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = None, labels_csv=None,
-                  progress: bool = True):
+                  progress: bool = True, split: Optional[str] = None):
     """``(FeatureSet, ExtractionReport)`` of ``source`` with a run's extraction settings.
 
     ``extraction`` is an :class:`~catdog_features.run.config.ExtractConfig`; ``backbones``
-    defaults to all of its backbones. The store answers what it already holds.
+    defaults to all of its backbones. The store answers what it already holds. ``split``:
+    feature maps at that layer instead of pooled vectors.
     """
     from catdog_features.features.extract import extract_with_report
 
@@ -46,6 +47,7 @@ def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = No
         batch_size=extraction.batch_size,
         labels_csv=None if labels_csv is None else str(labels_csv),
         progress=progress,
+        **({"split": split} if split else {}),
     )
 
 
