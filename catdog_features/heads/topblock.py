@@ -16,6 +16,7 @@ TensorFlow/Keras are imported inside the methods that need them.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,9 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
     history_ : dict of str -> list of float
         Per-epoch ``"loss"`` and ``"val_loss"`` (when validating).
     best_epoch_ : int or None
+    epoch_seconds_ : list of [float, float]
+        Wall and CPU (process) seconds of each epoch's training steps (the first includes
+        tracing); not saved.
     model_ : keras.Model
         ``map -> logits`` (top block, pooling, dropout, dense); what :meth:`save` writes.
     """
@@ -285,7 +289,9 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
             history["val_loss"] = []
         best, best_epoch, best_weights, wait = np.inf, None, None, 0
         bs = p["batch_size"]
+        timings = []
         for epoch in range(p["epochs"]):
+            w0, c0 = time.perf_counter(), time.process_time()
             order = rng.permutation(train_idx)
             total = 0.0
             for start in range(0, len(order), bs):
@@ -294,6 +300,7 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
                 yb = tf.constant(y_enc[rows].astype(np.float32 if binary else np.int32))
                 total += float(train_step(xb, yb))
             loss = total / len(order)
+            timings.append([time.perf_counter() - w0, time.process_time() - c0])  # training steps only
             history["loss"].append(loss)
             if val is not None:
                 val_loss = log_loss_from_logits(self._logits(val[0]), val[1])
@@ -316,6 +323,7 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
         self.trainable_layers_ = names
         self.history_ = history
         self.best_epoch_ = best_epoch
+        self.epoch_seconds_ = timings
         self.model_ = model
         return self
 
