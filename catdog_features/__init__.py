@@ -35,6 +35,8 @@ _LAZY = {
     "CacheWarning": "features.store",
     "StoreWriteError": "features.shard",
     "FeatureStore": "features.store",
+    "SplitError": "features.split",
+    "SpatialSizeWarning": "features.split",
     "DenseHead": "heads",
     "LinearHead": "heads",
     "TopBlockHead": "heads",
