@@ -193,3 +193,22 @@ def test_cli_extract_split(images, tmp_path, capsys):
     assert cli.main(argv + ["--split", "nope"]) != 0
     err = capsys.readouterr().err
     assert "Unknown split layer for ResNet50. Received: split='nope'" in err and "conv5_block2_out" in err
+
+
+def test_cache_verify_and_compact_keep_feature_maps_bit_identical(images, tmp_path):
+    from catdog_features.features.housekeeping import compact, verify_store
+
+    kw = dict(backbones=("ResNet50",), cache_dir=tmp_path, weights=None, image_size=32, batch_size=4, progress=False,
+              split="default")
+    files = sorted(str(p) for p in images.iterdir())
+    extract_features(files[:2], **kw)
+    before = extract_features(files, **kw)  # a second shard
+    ex = FeatureStore(tmp_path).extractors()[0]
+    assert len(ex.shard_paths()) == 2
+    check = verify_store(tmp_path)
+    assert check.ok and check.rows == 4
+    compact(tmp_path)
+    assert len(ex.shard_paths()) == 1
+    after, report = extract_with_report(files, **kw)
+    assert report.backbones["ResNet50"].computed == 0
+    assert after["ResNet50"].dtype == np.float16 and np.array_equal(after["ResNet50"], before["ResNet50"])
