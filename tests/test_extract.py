@@ -325,14 +325,14 @@ def test_adding_a_backbone_computes_only_that_one(images, reference, tmp_path, m
 def test_one_pass_decodes_each_file_once_for_all_backbones(images, tmp_path, monkeypatch):
     calls = Counter()
     sizes_seen = set()
-    original = reader._decode_sizes
+    original = reader._decode_views
 
-    def counting(data, path, sizes, transform):
+    def counting(data, path, sizes, views, digest):
         calls[os.path.basename(path)] += 1
         sizes_seen.add(tuple(sizes))
-        return original(data, path, sizes, transform)
+        return original(data, path, sizes, views, digest)
 
-    monkeypatch.setattr(reader, "_decode_sizes", counting)
+    monkeypatch.setattr(reader, "_decode_views", counting)
     fs = extract_features(images, backbones=TWO, cache_dir=tmp_path, **SMALL)
     assert len(calls) == 13 and set(calls.values()) == {1}
     assert sizes_seen == {(32,)}  # same size for every backbone: one resize, shared

@@ -56,3 +56,15 @@ def probability(text):
 def seconds(text):
     """A non-negative number of seconds."""
     return _converted(text, float, lambda v: _checks.expect_float(v, 0.0))
+
+
+def views(text):
+    """A comma-separated list of views with ranges, e.g. ``plain,hflip,aug:0-7``."""
+    from catdog_features.features.views import ViewError, parse_views
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected at least one view name such as plain,hflip,aug:0-7, received {text!r}")
+    try:
+        return parse_views(text, default=())
+    except ViewError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -36,8 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_argtypes.positive_int, default=32, metavar="N",
                         help="images per model call; keep it when resuming (default: %(default)s)")
     parser.add_argument("--labels-csv", default=None, metavar="F", help="labels.csv (id,<class>) for DATA")
-    parser.add_argument("--view", choices=("plain", "hflip"), default="plain",
-                        help="plain images or left-right mirrored ones (a cached TTA view) (default: %(default)s)")
+    parser.add_argument("--view", type=_argtypes.views, default=None, metavar="VIEW",
+                        help="one view: plain, hflip (mirrored), aug:<k> (seeded random augmentation) or "
+                        "crop:tl|tr|bl|br|c (TTA crops at zoom 1.35) (default: plain)")
+    parser.add_argument("--views", type=_argtypes.views, default=None, metavar="LIST",
+                        help="several views in one pass, each image decoded once, e.g. plain,hflip,aug:0-7 "
+                        "(ranges expand); each view is its own extractor in the store")
     parser.add_argument("--split", default=None, metavar="LAYER",
                         help="cache feature maps (float16, one chunk per image) at this layer instead of pooled "
                         "vectors, for a TopBlockHead: a layer name, LAYER:input, or 'default' (the input of the "
@@ -71,10 +75,13 @@ def _fmt_rate(rate):
 
 def format_summary(report, data) -> str:
     """The text printed after an extraction."""
+    from catdog_features.features.views import format_views
+
     lines = [
         f"{printable(data)}: {report.n_inputs} images ({report.n_contents} distinct contents) -> {report.n_rows} rows, "
         f"{len(report.failed)} failures"
-        + (f" (view {report.view})" if report.view != "plain" else "")
+        + (f" (view {report.view})" if report.view != "plain" and len(report.views) <= 1 else "")
+        + (f" in {len(report.views)} views ({format_views(report.views)})" if len(report.views) > 1 else "")
     ]
     if report.failed:
         lines.append("failures by reason:")
@@ -119,6 +126,15 @@ def run(args) -> int:
     def status(message):
         print(f"catdog-features extract: {message}", file=sys.stderr)
 
+    if args.view is not None and args.views is not None:
+        print("catdog-features extract: error: pass --view or --views, not both (--views may list several)",
+              file=sys.stderr)
+        return 2
+    if args.view is not None and len(args.view) != 1:
+        print(f"catdog-features extract: error: --view takes one view, received {len(args.view)} "
+              f"({','.join(args.view)}); use --views for several", file=sys.stderr)
+        return 2
+
     with warnings.catch_warnings():
         warnings.simplefilter("always", CacheWarning)
         warnings.simplefilter("always", FeatureWarning)
@@ -132,7 +148,8 @@ def run(args) -> int:
             image_size=args.image_size or None,
             batch_size=args.batch_size,
             labels_csv=args.labels_csv,
-            view=args.view,
+            view=args.view[0] if args.view else "plain",
+            views=args.views,
             num_workers=args.workers,
             progress=not args.no_progress,
             lock_timeout=args.lock_timeout,

@@ -343,7 +343,7 @@ def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> Ense
     n_folds = int(oof.info.get("folds", int(np.max(oof.folds)) + 1))
     splits = _cv_splits(y, max(2, n_folds), random_state + 1)
     rows, weights, stacker = _fit_all(probs, y, oof.n_classes, splits, stack_C, names)
-    scores = [_score_row(n, "member", p, y, None, "+".join(_member(oof, n)["backbones"])) for n, p in zip(names, probs)]
+    scores = [_score_row(n, "member", p, y, None, _member_note(_member(oof, n))) for n, p in zip(names, probs)]
     scores += [_score_row(n, "ensemble", p, y, fit_ll, note) for n, (p, fit_ll, note) in rows.items()]
     if method == "auto":
         order = ("mean", "blend", "stack")
@@ -364,6 +364,20 @@ def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> Ense
     if oof.test:
         result.test_proba = result.combine(oof.test)
     return result
+
+
+def _member_note(member: Mapping) -> str:
+    """A member's backbones, and its views: ``ResNet50+VGG16; views plain,aug:0-7; TTA plain,hflip``."""
+    from catdog_features.features.views import format_views
+
+    note = "+".join(member["backbones"])
+    if member.get("train_views"):
+        note += f"; trained on views {format_views(member['train_views'])}"
+    if member.get("tta"):
+        note += f"; TTA mean of {format_views(member['tta'])}"
+    elif member.get("tta_choice"):
+        note += f"; TTA {format_views(member['tta_choice']['views'])} not kept (OOF)"
+    return note
 
 
 def _member(oof: OOFPredictions, name: str) -> dict:

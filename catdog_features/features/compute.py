@@ -16,29 +16,36 @@ import numpy as np
 from catdog_features.features.backbones import BackboneSpec
 from catdog_features.features.plan import Work, plan_batches
 from catdog_features.features.store import ExtractorStore
+from catdog_features.features.views import hflip, view_transform, view_zoom  # noqa: F401  (hflip: public here too)
 
 #: Reason given to an image whose file changed between hashing and decoding.
 REASON_CHANGED = "changed while reading"
 
 
-def hflip(rgb: np.ndarray) -> np.ndarray:
-    """Mirror an ``(H, W, 3)`` image left-right (the ``"hflip"`` view)."""
-    return np.ascontiguousarray(rgb[:, ::-1])
-
-
-#: view name -> transform of the decoded uint8 image (None: as is)
+#: view name -> transform of the decoded uint8 image (None: as is), for the fixed-name views;
+#: every view (``aug:<k>``, ``crop:<pos>`` too) has one: :func:`.views.view_transform`.
 TRANSFORMS = {"plain": None, "hflip": hflip}
 
 
 @dataclass
 class Extractor:
-    """One backbone at one size, view and precision, and its rows in the store."""
+    """One backbone at one size, view and precision, and its rows in the store.
+
+    ``name`` is how the extraction refers to it (the backbone's name, or ``backbone|view``
+    when one call extracts several views); ``backbone`` keys the model, shared by its views.
+    """
 
     name: str
     spec: BackboneSpec
     weights: object
     size: int
     store: ExtractorStore
+    view: str = "plain"
+    backbone: str = ""
+
+    def __post_init__(self):
+        if not self.backbone:
+            self.backbone = self.name
 
 
 @dataclass
@@ -92,12 +99,14 @@ def _row_layout(ex: Extractor, mapper):
     return tuple(getattr(mapper, "row_shape", (ex.spec.dim,))), ex.store.config.get("dtype", "float32")
 
 
-def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: int, transform, num_workers,
+def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: int, num_workers,
              reports: Dict[str, BackboneReport], transients: Dict[str, str], on_batch=None,
              shard_name=None) -> Dict[str, Path]:
     """Compute ``work`` into new shards of each extractor (one writer per extractor).
 
-    Each content is decoded once for all extractors and sizes; each extractor's batch holds
+    ``mappers`` maps a backbone name (``Extractor.backbone``) to its compiled model, shared
+    by all views of that backbone. Each content is decoded once for all extractors, views
+    and sizes (the reader makes every view from that one decode); each extractor's batch holds
     the contents that lack it at their slots (zeros elsewhere). Rows are committed after
     every batch. A content whose bytes changed since it was hashed is not stored (its
     positions get :data:`REASON_CHANGED` in this call). ``shard_name(extractor name)`` names
@@ -111,18 +120,21 @@ def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: 
     order = [c for b in batches for c in b.contents]
     bounds = np.cumsum([0] + [len(b.contents) for b in batches])
     windows = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    names = [n for n in mappers]
+    names = [n for n in extractors if extractors[n].backbone in mappers and work.for_extractor(n)]
     sizes = sorted({extractors[n].size for n in names})
+    view_names = list(dict.fromkeys(extractors[n].view for n in names)) or ["plain"]
+    views = [(v, view_transform(v), view_zoom(v)) for v in view_names]
     with ExitStack() as stack:
         writers = {}
         for name in names:
-            shape, dtype = _row_layout(extractors[name], mappers[name])
+            shape, dtype = _row_layout(extractors[name], mappers[extractors[name].backbone])
             writers[name] = stack.enter_context(extractors[name].store.new_writer(
                 shape, dtype, batch_rows=batch_size, name=None if shard_name is None else shard_name(name)))
-        reads = stack.enter_context(closing(read_windows([work.paths[c] for c in order], sizes, windows,
-                                                         num_workers=num_workers, transform=transform)))
+        reads = stack.enter_context(closing(read_windows([work.paths[c] for c in order], sizes or [1], windows,
+                                                         num_workers=num_workers, views=views)))
         for batch, rb in zip(batches, reads):
-            _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, reports, transients)
+            _one_batch(batch, rb, work, {n: extractors[n] for n in names}, mappers, writers, batch_size, reports,
+                       transients)
             if on_batch is not None:
                 on_batch(len(batch.contents))
     return {name: w.path for name, w in writers.items() if w.path.exists()}
@@ -132,8 +144,8 @@ def _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, report
     first = rb.start
     ok_at = {int(p): j for j, p in enumerate(rb.ok)}
     failed_at = {int(p): reason for p, _path, reason in rb.failures}
-    for name, mapper in mappers.items():
-        ex = extractors[name]
+    for name, ex in extractors.items():
+        mapper = mappers[ex.backbone]
         rows, slots, picks, fail_h, fail_r = [], [], [], [], []
         for k, (c, slot) in enumerate(zip(batch.contents, batch.slots)):
             if name not in work.needs[c]:
@@ -152,7 +164,7 @@ def _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, report
         vectors = np.zeros((0, *shape), np.float32)
         if rows:
             x = np.zeros((batch_size, ex.size, ex.size, 3), np.float32)
-            x[slots] = rb.images[ex.size][picks]
+            x[slots] = rb.views[ex.view][ex.size][picks]
             t0 = time.perf_counter()
             vectors = mapper(x)[slots]
             reports[name].model_seconds += time.perf_counter() - t0

@@ -39,6 +39,7 @@ from catdog_features.features.compute import (  # noqa: F401  (public names of t
 from catdog_features.features.plan import Work, plan_work
 from catdog_features.features.split import MAP_DTYPE, SpatialSizeWarning, resolve_split, size_warning
 from catdog_features.features.store import DEFAULT_LOCK_TIMEOUT, FeatureStore, RowsLost
+from catdog_features.features.views import parse_views
 
 DEFAULT_BACKBONES = ("ResNet50", "InceptionV3", "Xception")
 VIEWS = fingerprint.VIEWS
@@ -64,6 +65,8 @@ class ExtractionReport:
     hash_seconds: float = 0.0
     pass_cpu_seconds: float = 0.0  # process CPU time (all threads) during the pass
     n_contents: int = 0  # distinct readable contents in the list
+    #: view -> backbone -> its report (every view of a call; ``backbones`` sums them per backbone)
+    views: Dict[str, Dict[str, BackboneReport]] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> Optional[float]:
@@ -87,24 +90,41 @@ class _Prepared:
     transients: Dict[str, str] = field(default_factory=dict)  # content -> reason, this call only
 
 
-def _extractors(backbones, cache_dir, weights, image_size, view, precision, lock_timeout, on_message, split=None):
+def _resolve_views(view, views) -> Tuple[str, ...]:
+    """The views of a call: ``views`` (a list or ``"plain,aug:0-7"``) or the single ``view``."""
+    if views is None:
+        return parse_views([view])
+    if view != "plain":
+        raise ValueError(f"Received view={view!r} and views={views!r}; expected one of them (views= may list "
+                         "several).")
+    return parse_views(views)
+
+
+def extractor_name(backbone: str, view: str, views: Sequence[str]) -> str:
+    """How one call names an extractor: the backbone, or ``backbone|view`` when it has several views."""
+    return backbone if len(views) == 1 else f"{backbone}|{view}"
+
+
+def _extractors(backbones, cache_dir, weights, image_size, views, precision, lock_timeout, on_message, split=None):
     names = parse_backbones(backbones)
-    check_choice("view", view, VIEWS)
+    views = _resolve_views("plain", views) if isinstance(views, str) or views is None else tuple(views)
     check_choice("precision", precision, PRECISIONS)
     if image_size is not None:
         check_int("image_size", image_size, 0)
     per_weights = resolve_weights(weights, names)
     store = FeatureStore(cache_dir, lock_timeout, on_message)
     out = {}
-    for name in names:
-        spec = get_backbone(name)
-        size = spec.resolve_size(image_size)
-        layer = resolve_split(spec, split)
-        config = fingerprint.extractor_config(spec, per_weights[name], size, view, precision,
-                                              extra={"split": layer} if layer else None)
-        if layer:
-            config["dtype"] = MAP_DTYPE  # feature maps are stored in half precision
-        out[name] = Extractor(name, spec, per_weights[name], size, store.extractor(config))
+    for view in views:  # view-major: the first view's extractors first
+        for name in names:
+            spec = get_backbone(name)
+            size = spec.resolve_size(image_size)
+            layer = resolve_split(spec, split)
+            config = fingerprint.extractor_config(spec, per_weights[name], size, view, precision,
+                                                  extra={"split": layer} if layer else None)
+            if layer:
+                config["dtype"] = MAP_DTYPE  # feature maps are stored in half precision
+            key = extractor_name(name, view, views)
+            out[key] = Extractor(key, spec, per_weights[name], size, store.extractor(config), view=view, backbone=name)
     return out
 
 
@@ -120,15 +140,15 @@ def _prepare(source, labels_csv, extractors) -> _Prepared:
 
 def cache_entries(source=None, backbones: Sequence[str] = DEFAULT_BACKBONES, cache_dir="features_cache",
                   weights="imagenet", image_size: Optional[int] = None, labels_csv=None, view: str = "plain",
-                  precision: str = "float32", split: Optional[str] = None) -> Dict[str, Path]:
+                  precision: str = "float32", views=None, split: Optional[str] = None) -> Dict[str, Path]:
     """The store folder each backbone's rows live in (or would), without extracting anything.
 
     Same arguments as :func:`extract_features` (``source`` and ``labels_csv`` are accepted for
     compatibility: an extractor's folder does not depend on the images). Builds no model and
-    does not import TensorFlow.
+    does not import TensorFlow. Keys are backbone names, ``backbone|view`` with several views.
     """
-    extractors = _extractors(backbones, cache_dir, weights, image_size, view, precision, DEFAULT_LOCK_TIMEOUT, None,
-                             split)
+    extractors = _extractors(backbones, cache_dir, weights, image_size, _resolve_views(view, views), precision,
+                             DEFAULT_LOCK_TIMEOUT, None, split)
     return {name: ex.store.root for name, ex in extractors.items()}
 
 
@@ -150,6 +170,7 @@ def extract_with_report(
     distributor: str = "local",
     spark_master: Optional[str] = None,
     partitions: Optional[int] = None,
+    views=None,
     split: Optional[str] = None,
     on_message=None,
 ) -> Tuple[FeatureSet, "ExtractionReport"]:
@@ -175,8 +196,10 @@ def extract_with_report(
         extractions with the same batch size.
     labels_csv : str or path, optional
         Passed to :func:`~catdog_features.features.datasets.load_dataset`.
-    view : {"plain", "hflip"}
-        ``"hflip"`` extracts the left-right mirrored images (a TTA view, its own extractor).
+    view : str
+        One view of the images: ``"plain"``, ``"hflip"`` (mirrored left-right), ``"aug:<k>"``
+        (a seeded random augmentation) or ``"crop:tl|tr|bl|br|c"`` (TTA crops at zoom 1.35);
+        see :mod:`catdog_features.features.views`. Each view is its own extractor.
     num_workers : int, optional
         Decoder threads (default: the number of CPUs).
     progress : bool
@@ -196,6 +219,11 @@ def extract_with_report(
         Spark master URL when no SparkSession is active (default ``local[*]``).
     partitions : int, optional
         Spark tasks to split the work into (default: twice the cluster's parallelism).
+    views : list of str or str, optional
+        Several views in one call (instead of ``view``), e.g. ``["plain", "hflip", "aug:0-7"]``
+        or ``"plain,hflip,aug:0-7"`` (ranges expand). Each image is decoded once for every view
+        and backbone; each (backbone, view) is its own extractor, served from the store on
+        later calls.
     split : str, optional
         Cache feature maps instead of pooled vectors: the output of the layer of that name
         (``"LAYER:input"``: its input; ``"default"``: each backbone's
@@ -211,10 +239,14 @@ def extract_with_report(
     Returns
     -------
     FeatureSet, ExtractionReport
-        One row per usable image (aligned across backbones; with ``split``, ``fs[name]`` is
-        a float16 array ``(n, h, w, c)``), unusable images in
+        One row per usable image (aligned across backbones and views; with ``split``,
+        ``fs[name]`` is a float16 array ``(n, h, w, c)``), unusable images in
         ``FeatureSet.failed`` as ``(path, reason)``; the report says per backbone how many
-        distinct contents were found in the store and how many were computed.
+        distinct contents were found in the store and how many were computed. With several
+        views the FeatureSet's ``features`` are those of the first view listed, every view is
+        reachable by name (``fs.view("aug:3")["ResNet50"]``, ``fs.views``,
+        ``fs.concat(names, view=...)``); ``report.views[view][backbone]`` has each
+        extractor's numbers and ``report.backbones[backbone]`` their sums over the views.
 
     Raises
     ------
@@ -236,7 +268,8 @@ def extract_with_report(
     if partitions is not None:
         check_int("partitions", partitions, 1)
     spark = {"master": spark_master, "partitions": partitions} if distributor == "spark" else None
-    extractors = _extractors(backbones, cache_dir, weights, image_size, view, precision, lock_timeout, on_message,
+    view_list = _resolve_views(view, views)
+    extractors = _extractors(backbones, cache_dir, weights, image_size, view_list, precision, lock_timeout, on_message,
                              split)
     prep = _prepare(source, labels_csv, extractors)
     reports = {name: BackboneReport(name, ex.size, ex.spec.dim, str(ex.store.root), precision=precision,
@@ -252,7 +285,8 @@ def extract_with_report(
                    for name, lk in lookups.items()}
         work = plan_work(prep.hashes, prep.images.paths, missing)
         if len(work):
-            _compute(work, prep, batch_size, view, num_workers, progress, precision, jit_compile, reports, stats, spark)
+            _compute(work, prep, batch_size, view_list[0], num_workers, progress, precision, jit_compile, reports, stats,
+                     spark)
             continue
         try:
             fs = _assemble(prep, lookups)
@@ -267,13 +301,49 @@ def extract_with_report(
         rep.cache_hit = rep.found == len(contents)
         rep.store_bytes = sum(p.stat().st_size for p in extractors[name].store.shard_paths())
     fs.cache_hits = {name: rep.cache_hit for name, rep in reports.items()}
+    by_view = {v: {ex.backbone: reports[n] for n, ex in extractors.items() if ex.view == v} for v in view_list}
+    if len(view_list) > 1:
+        fs = _split_views(fs, extractors, view_list)
+        reports = _sum_reports(by_view)
     _warn_if_constant(fs)
     report = ExtractionReport(
-        n_inputs=len(prep.images), n_rows=len(fs), failed=list(fs.failed), backbones=reports, view=view,
+        n_inputs=len(prep.images), n_rows=len(fs), failed=list(fs.failed), backbones=reports, view=view_list[0],
+        views=by_view,
         seconds=time.perf_counter() - t_start, pass_seconds=stats["pass_seconds"], processed=stats["processed"],
         hash_seconds=prep.hash_seconds, pass_cpu_seconds=stats["pass_cpu"], n_contents=len(contents),
     )
     return fs, report
+
+
+def _split_views(fs: FeatureSet, extractors, view_list) -> FeatureSet:
+    """The FeatureSet of a multi-view call: ``features`` of the first view, every view by name."""
+    vf = {v: {ex.backbone: fs.features[n] for n, ex in extractors.items() if ex.view == v} for v in view_list}
+    fs.view_features = vf
+    fs.view_name = view_list[0]
+    fs.features = vf[view_list[0]]
+    first = {n: ex.backbone for n, ex in extractors.items() if ex.view == view_list[0]}
+    fs.cache_files = {**{first[n]: f for n, f in fs.cache_files.items() if n in first},
+                      **{n: f for n, f in fs.cache_files.items() if n not in first}}
+    fs.cache_hits = {b: all(fs.cache_hits[n] for n, ex in extractors.items() if ex.backbone == b) for b in first.values()}
+    return fs
+
+
+def _sum_reports(by_view) -> Dict[str, BackboneReport]:
+    """One report per backbone over its views: ``computed``/``found`` count (content, view) rows."""
+    out: Dict[str, BackboneReport] = {}
+    for reps in by_view.values():
+        for b, r in reps.items():
+            if b not in out:
+                out[b] = BackboneReport(b, r.image_size, r.dim, r.cache_file, cache_hit=True, precision=r.precision,
+                                        split=r.split, row_shape=r.row_shape)
+            s = out[b]
+            s.found += r.found
+            s.computed += r.computed
+            s.model_seconds += r.model_seconds
+            s.build_seconds = max(s.build_seconds, r.build_seconds)
+            s.store_bytes += r.store_bytes
+            s.cache_hit = s.cache_hit and r.cache_hit
+    return out
 
 
 def extract_features(source, **kwargs) -> FeatureSet:
@@ -309,16 +379,17 @@ def _compute(work: Work, prep: _Prepared, batch_size, view, num_workers, progres
         stats["pass_seconds"] += time.perf_counter() - t0
         return
     mappers = {}
-    for name in needed:
+    for name in needed:  # one model per backbone, shared by all its views
         ex = prep.extractors[name]
         t0 = time.perf_counter()
-        mappers[name] = build_mapper(ex, batch_size, precision, jit_compile)
+        if ex.backbone not in mappers:
+            mappers[ex.backbone] = build_mapper(ex, batch_size, precision, jit_compile)
         reports[name].build_seconds = time.perf_counter() - t0
-        _warn_if_large(ex, mappers[name], work.for_extractor(name))
+        _warn_if_large(ex, mappers[ex.backbone], work.for_extractor(name))
     t0, c0 = time.perf_counter(), time.process_time()
     with tqdm(total=len(work), unit="img", desc="extract", disable=not progress, dynamic_ncols=True,
               smoothing=0.1) as bar:
-        run_work(work, prep.extractors, mappers, batch_size, TRANSFORMS[view], num_workers, reports,
+        run_work(work, {n: prep.extractors[n] for n in needed}, mappers, batch_size, num_workers, reports,
                  prep.transients, on_batch=bar.update)
     stats["processed"] += len(work)
     stats["pass_seconds"] += time.perf_counter() - t0

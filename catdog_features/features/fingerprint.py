@@ -26,7 +26,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 #: Version of the store's layout and keys; part of every extractor key.
 STORE_FORMAT = 2
-#: Views of an image that can be extracted: as is, or mirrored left-right (a TTA view).
+#: The fixed-name views (as is, mirrored left-right); ``aug:<k>`` and ``crop:<pos>`` are valid
+#: too (see :mod:`catdog_features.features.views` and :func:`~.views.check_view`).
 VIEWS = ("plain", "hflip")
 PRECISIONS = ("float32", "bfloat16", "float16")
 _BLOCK = 1 << 20
@@ -147,7 +148,9 @@ def extractor_config(spec, weights, image_size: int, view: str = "plain", precis
     image_size : int
         Resolved square input size.
     view : str
-        Which view of the images (see :data:`VIEWS`).
+        Which view of the images: ``plain``, ``hflip``, ``aug:<k>`` or ``crop:<pos>`` (see
+        :mod:`catdog_features.features.views`). Views other than plain/hflip also put their
+        recipe (``view_identity``) into the key.
     precision : {"float32", "bfloat16", "float16"}
         Compute precision of the backbone.
     versions : mapping, optional
@@ -155,8 +158,9 @@ def extractor_config(spec, weights, image_size: int, view: str = "plain", precis
     extra : mapping, optional
         Further settings that change the output (e.g. a split layer); included as given.
     """
-    if view not in VIEWS:
-        raise ValueError(f"Unknown view. Received: view={view!r}; expected one of {VIEWS}.")
+    from catdog_features.features.views import check_view, view_identity
+
+    check_view(view)  # ViewError (a ValueError) naming the value and the accepted forms
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision. Received: precision={precision!r}; expected one of {PRECISIONS}.")
     versions = dict(versions or numerics_versions())
@@ -172,6 +176,9 @@ def extractor_config(spec, weights, image_size: int, view: str = "plain", precis
         "tensorflow": versions["tensorflow"],
         "keras": versions["keras"],
     }
+    recipe = view_identity(view)
+    if recipe is not None:  # plain/hflip keys stay what they were before augmented views
+        config["view_recipe"] = recipe
     if extra:
         config["extra"] = dict(extra)
     return config
@@ -188,6 +195,7 @@ def extractor_dirname(config: Mapping, key: Optional[str] = None) -> str:
     key = key or extractor_key(config)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(config.get("name", "backbone")))[:60]
     precision = "" if config.get("precision", "float32") == "float32" else f"-{config['precision']}"
+    view = str(config["view"]).replace(":", "_")  # aug:3 -> aug_3 (no colons in folder names)
     split = (config.get("extra") or {}).get("split")
     split = "" if not split else "-at-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in str(split))[:40]
-    return f"{safe}-{config['image_size']}-{config['view']}{precision}{split}-{key[:16]}"
+    return f"{safe}-{config['image_size']}-{view}{precision}{split}-{key[:16]}"

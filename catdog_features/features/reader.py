@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import stat
 from collections import deque
@@ -527,6 +528,37 @@ def _decode_sizes(data: bytes, path: str, sizes, transform) -> Dict[int, np.ndar
     return {s: out[s] for s in sizes}
 
 
+def _decode_views(data: bytes, path: str, sizes, views, digest: str) -> Dict[str, Dict[int, np.ndarray]]:
+    """Decode once per JPEG draft scale, make every view, resize each to every size.
+
+    ``views`` is a sequence of ``(name, fn or None, zoom)``; ``fn(rgb, digest)`` makes the
+    view from the decoded uint8 image. A view at ``zoom`` > 1 (a crop) is decoded at the
+    draft scale of ``size * zoom``, so its pixels depend only on (file, view, size), never on
+    which other views were read with it; plain and hflip decode exactly as without views.
+    """
+    img, stream = _open(data, path)
+    width, height = img.size
+    draftable = img.format in _DRAFT_FORMATS
+    groups: Dict[int, List[Tuple[int, int, int]]] = {}  # scale -> [(view index, size, size needed)]
+    for v, (_name, _fn, zoom) in enumerate(views):
+        for s in sizes:
+            need = max(int(s), int(math.ceil(s * float(zoom) - 1e-9)))
+            scale = draft_scale(width, height, need) if draftable else 1
+            groups.setdefault(scale, []).append((v, s, need))
+    out: Dict[str, Dict[int, np.ndarray]] = {name: {} for name, _fn, _z in views}
+    for i, (scale, reqs) in enumerate(sorted(groups.items())):
+        if i:
+            img, stream = _open(data, path)
+        rgb = _decode_opened(img, stream, path, min(n for _v, _s, n in reqs) if scale > 1 else None)
+        made: Dict[int, np.ndarray] = {}
+        for v, s, _need in reqs:
+            name, fn, _zoom = views[v]
+            if v not in made:
+                made[v] = rgb if fn is None else _check_rgb(fn(rgb, digest), f"output of view {name!r}")
+            out[name][s] = _resize_uint8(made[v], s)
+    return out
+
+
 # --- many files -------------------------------------------------------------------------
 
 
@@ -560,6 +592,8 @@ class ReadBatch:
     failures: List[Tuple[int, str, str]] = field(default_factory=list)
     #: position -> SHA-256 of the bytes read (every position whose bytes could be read)
     content_hashes: Dict[int, str] = field(default_factory=dict)
+    #: with ``views=``: view name -> {size: float32 (len(ok), size, size, 3)}; ``images`` is the first view's
+    views: Dict[str, Dict[int, np.ndarray]] = field(default_factory=dict)
 
 
 def default_num_workers() -> int:
@@ -590,7 +624,7 @@ def _check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _read_task(path: str, sizes, transform):
+def _read_task(path: str, sizes, transform, views=None):
     """Worker: ``(resized images or the ImageReadError as a value, SHA-256 of the bytes read or None)``.
 
     The hash is of the very bytes that were decoded, so a caller keying results by content
@@ -602,6 +636,8 @@ def _read_task(path: str, sizes, transform):
         return err, None
     digest = hashlib.sha256(data).hexdigest()
     try:
+        if views is not None:
+            return _decode_views(data, path, sizes, views, digest), digest
         return _decode_sizes(data, path, sizes, transform), digest
     except ImageReadError as err:
         return err, digest
@@ -692,12 +728,23 @@ def read_windows(
     num_workers: Optional[int] = None,
     prefetch: int = 2,
     transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    views: Optional[Sequence[Tuple[str, Optional[Callable], float]]] = None,
 ) -> Iterator[ReadBatch]:
     """:func:`read_batches` over explicit, consecutive windows ``[(start, stop), ...]`` of ``paths``.
 
     For callers whose batches hold different numbers of images (the feature store batches
     image contents by slot). Same decoding, prefetching and failure records.
+
+    ``views`` (instead of ``transform``): ``[(name, fn or None, zoom), ...]``; each file is
+    decoded once (per JPEG draft scale) and every view is made from that decode with
+    ``fn(rgb, sha256 of the file's bytes)``; ``ReadBatch.views[name][size]`` holds them.
     """
+    if views is not None and transform is not None:
+        raise ValueError("Received both transform= and views=; expected one of them.")
+    if views is not None:
+        views = tuple((str(n), f, float(z)) for n, f, z in views)
+        if not views:
+            raise ValueError("Received views=[]; expected at least one (name, transform, zoom).")
     paths = [_fspath(p) for p in paths]
     sizes = _check_sizes(sizes)
     windows = [(int(a), int(b)) for a, b in windows]
@@ -707,16 +754,18 @@ def read_windows(
         raise ValueError(f"Invalid windows. Received: {windows[:4]}...; expected consecutive (start, stop) within "
                          f"[0, {len(paths)}].")
     workers = default_num_workers() if num_workers is None else _check_int(num_workers, "num_workers", 0)
-    return _iterate(paths, sizes, windows, transform, workers, _check_int(prefetch, "prefetch", 0))
+    return _iterate(paths, sizes, windows, transform, workers, _check_int(prefetch, "prefetch", 0), views)
 
 
-def _iterate(paths, sizes, bounds, transform, workers, prefetch) -> Iterator[ReadBatch]:
+def _iterate(paths, sizes, bounds, transform, workers, prefetch, views=None) -> Iterator[ReadBatch]:
     if workers == 0:
-        return _iter_inline(paths, sizes, bounds, transform)
-    return _iter_pooled(paths, sizes, bounds, transform, workers, prefetch)
+        return _iter_inline(paths, sizes, bounds, transform, views)
+    return _iter_pooled(paths, sizes, bounds, transform, workers, prefetch, views)
 
 
-def _assemble(b0: int, b1: int, results, paths, sizes) -> ReadBatch:
+def _assemble(b0: int, b1: int, results, paths, sizes, views=None) -> ReadBatch:
+    if views is not None:
+        return _assemble_views(b0, b1, results, paths, sizes, views)
     ok, arrays, failures, hashes = [], [], [], {}
     for pos, (result, digest) in zip(range(b0, b1), results):
         if digest is not None:
@@ -735,13 +784,34 @@ def _assemble(b0: int, b1: int, results, paths, sizes) -> ReadBatch:
     return ReadBatch(b0, b1, np.asarray(ok, dtype=np.int64), images, failures, hashes)
 
 
-def _iter_inline(paths, sizes, bounds, transform) -> Iterator[ReadBatch]:
+def _assemble_views(b0: int, b1: int, results, paths, sizes, views) -> ReadBatch:
+    ok, per_view, failures, hashes = [], [], [], {}
+    for pos, (result, digest) in zip(range(b0, b1), results):
+        if digest is not None:
+            hashes[pos] = digest
+        if isinstance(result, ImageReadError):
+            failures.append((pos, paths[pos], result.reason))
+        else:
+            ok.append(pos)
+            per_view.append(result)
+    out: Dict[str, Dict[int, np.ndarray]] = {}
+    for name, _fn, _zoom in views:
+        out[name] = {}
+        for s in sizes:
+            arr = np.empty((len(ok), s, s, 3), dtype=np.float32)
+            for j, result in enumerate(per_view):
+                arr[j] = result[name][s]
+            out[name][s] = arr
+    return ReadBatch(b0, b1, np.asarray(ok, dtype=np.int64), out[views[0][0]], failures, hashes, out)
+
+
+def _iter_inline(paths, sizes, bounds, transform, views=None) -> Iterator[ReadBatch]:
     for b0, b1 in bounds:
-        results = [_read_task(paths[i], sizes, transform) for i in range(b0, b1)]
-        yield _assemble(b0, b1, results, paths, sizes)
+        results = [_read_task(paths[i], sizes, transform, views) for i in range(b0, b1)]
+        yield _assemble(b0, b1, results, paths, sizes, views)
 
 
-def _iter_pooled(paths, sizes, bounds, transform, workers, prefetch) -> Iterator[ReadBatch]:
+def _iter_pooled(paths, sizes, bounds, transform, workers, prefetch, views=None) -> Iterator[ReadBatch]:
     if not bounds:
         return
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="catdog-reader")
@@ -753,11 +823,11 @@ def _iter_pooled(paths, sizes, bounds, transform, workers, prefetch) -> Iterator
             # the pool decodes the next `prefetch` ones (FIFO, so batch k comes first).
             while submitted < min(len(bounds), k + 1 + prefetch):
                 b0, b1 = bounds[submitted]
-                pending.append([executor.submit(_read_task, paths[i], sizes, transform) for i in range(b0, b1)])
+                pending.append([executor.submit(_read_task, paths[i], sizes, transform, views) for i in range(b0, b1)])
                 submitted += 1
             futures: List[Future] = pending.popleft()
             b0, b1 = bounds[k]
-            yield _assemble(b0, b1, [f.result() for f in futures], paths, sizes)
+            yield _assemble(b0, b1, [f.result() for f in futures], paths, sizes, views)
     finally:
         for futures in pending:
             for f in futures:

@@ -30,8 +30,8 @@ def plan_id(work: Work, keys: Dict[str, str]) -> str:
 def payloads(work: Work, extractors, batch_size: int, view: str, precision: str, jit_compile: bool,
              n_partitions: int, num_workers=None) -> List[dict]:
     """One JSON-able task payload per partition of ``work``."""
-    settings = {name: {"backbone": ex.spec.name, "weights": ex.weights, "size": ex.size,
-                       "config": ex.store.config, "store": str(ex.store.root.parent)}
+    settings = {name: {"backbone": ex.spec.name, "weights": ex.weights, "size": ex.size, "view": ex.view,
+                       "model": ex.backbone, "config": ex.store.config, "store": str(ex.store.root.parent)}
                 for name, ex in extractors.items()}
     out = []
     for k, part in enumerate(partition(work, n_partitions, batch_size)):
@@ -49,7 +49,7 @@ def extract_partition(payload: dict) -> dict:
     """A Spark task: extract one partition into its own shard per extractor (see the module notes)."""
     from catdog_features.distributed import task_attempt, use_task_gpus
     from catdog_features.features.backbones import get_backbone
-    from catdog_features.features.compute import TRANSFORMS, BackboneReport, Extractor, build_mapper, run_work
+    from catdog_features.features.compute import BackboneReport, Extractor, build_mapper, run_work
     from catdog_features.features.store import FeatureStore
 
     use_task_gpus()
@@ -57,16 +57,20 @@ def extract_partition(payload: dict) -> dict:
     for name, s in payload["extractors"].items():
         spec = get_backbone(s["backbone"])
         extractors[name] = Extractor(name, spec, s["weights"], int(s["size"]),
-                                     FeatureStore(s["store"]).extractor(s["config"]))
+                                     FeatureStore(s["store"]).extractor(s["config"]), view=s.get("view", payload["view"]),
+                                     backbone=s.get("model", name))
     work = Work(tuple(payload["hashes"]), tuple(payload["paths"]), tuple(tuple(n) for n in payload["needs"]))
     batch = int(payload["batch_size"])
-    mappers = {name: build_mapper(ex, batch, payload["precision"], payload["jit_compile"]) for name, ex in extractors.items()}
+    mappers = {}
+    for ex in extractors.values():  # one model per backbone, shared by its views
+        if ex.backbone not in mappers:
+            mappers[ex.backbone] = build_mapper(ex, batch, payload["precision"], payload["jit_compile"])
     reports = {name: BackboneReport(name, ex.size, ex.spec.dim, str(ex.store.root)) for name, ex in extractors.items()}
     transients: Dict[str, str] = {}
     final = f"part-{payload['plan']}-{payload['part']:05d}.h5"
     hidden = f".{final[:-3]}-attempt{task_attempt()}-{hashlib.sha256(repr(id(payload)).encode()).hexdigest()[:6]}.h5"
-    written = run_work(work, extractors, mappers, batch, TRANSFORMS[payload["view"]], payload["num_workers"],
-                       reports, transients, shard_name=lambda name: hidden)
+    written = run_work(work, extractors, mappers, batch, payload["num_workers"], reports, transients,
+                       shard_name=lambda name: hidden)
     published = {name: extractors[name].store.publish(path, final) for name, path in written.items()}
     return {
         "part": payload["part"],

@@ -327,7 +327,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         return np.sort(tr), np.sort(va)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, validation_data=None):
+    def fit(self, X, y, validation_data=None, views=None):
         """Train the head.
 
         Parameters
@@ -338,6 +338,12 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             Class labels of any sortable type (ints, strings, ...).
         validation_data : (X_val, y_val) or None
             Explicit validation set for early stopping; overrides ``validation_split``.
+        views : sequence of array-like of shape (n_samples, n_features), optional
+            Other views of the same images, row ``i`` of each the same image as ``X[i]``
+            (e.g. ``aug:<k>`` features). Each epoch every training image is drawn in one of
+            ``X`` and ``views``, uniformly (seeded by ``random_state``). The early-stopping
+            rows of ``validation_split`` are scored on ``X`` only, and every view of an image
+            is on the same side of that split. Standardisation statistics come from ``X``.
 
         Returns
         -------
@@ -345,27 +351,30 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """
         p = self._checked_params()
         X, y_enc, classes = self._validate_train(X, y)
+        X, n_views = self._stack_views(X, views)
+        n_rows = len(y_enc)
         n_classes = len(classes)
         split_seed, shuffle_seed, init_seed, dropout_seed = derive_seeds(self.random_state, 4)
         val = None
         if validation_data is not None:
             Xv, yv = self._validate_validation_data(validation_data, classes)
-            train_idx, val = np.arange(len(X)), (Xv, None, yv)
+            train_idx, val = np.arange(n_rows), (Xv, None, yv)
         elif p["validation_split"] > 0:
             train_idx, val_idx = self._split(y_enc, p["validation_split"], split_seed)
             val = (X, val_idx, y_enc[val_idx])
         else:
-            train_idx = np.arange(len(X))
+            train_idx = np.arange(n_rows)
         arch = trainer.Architecture(X.shape[1], p["hidden_units"], 1 if n_classes == 2 else n_classes, p["optimizer"])
         y_fit = y_enc.astype(np.float32 if n_classes == 2 else np.int32)
         seeds = (init_seed, shuffle_seed, dropout_seed)
-        result, mean, scale = self._train(p, arch, X, y_fit, train_idx, val, p["epochs"], seeds)
+        result, mean, scale = self._train(p, arch, X, y_fit, train_idx, val, p["epochs"], seeds, n_views)
         history, best_epoch = result.history, result.best_epoch
         self.refit_epochs_ = None
         if p["refit"] and validation_data is None and best_epoch is not None:
             # the early-stopping rows join the training rows: as many epochs, scaled to the larger set
             self.refit_epochs_ = max(1, int(round((best_epoch + 1) / (1.0 - p["validation_split"]))))
-            result, mean, scale = self._train(p, arch, X, y_fit, np.arange(len(X)), None, self.refit_epochs_, seeds)
+            result, mean, scale = self._train(p, arch, X, y_fit, np.arange(n_rows), None, self.refit_epochs_, seeds,
+                                              n_views)
         self.classes_ = classes
         self.coefs_ = result.weights[0::2]
         self.intercepts_ = result.weights[1::2]
@@ -375,8 +384,27 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self._keras_model = None
         return self
 
-    def _train(self, p, arch, X, y_fit, train_idx, val, epochs, seeds):
-        """One training run from the seeded initial weights: ``(LoopResult, mean, scale)``."""
+    def _stack_views(self, X, views):
+        """``(X stacked over [X] + views, number of views)``: the views checked against ``X``."""
+        if views is None or len(views) == 0:
+            return X, 1
+        if isinstance(views, np.ndarray) and views.ndim == 2:
+            raise ValueError(f"Received views as one 2-d array of shape {views.shape}; expected a list of "
+                             "(n_samples, n_features) arrays, one per view.")
+        blocks = [X]
+        for k, v in enumerate(views):
+            v = check_array(v, dtype=np.float32, input_name=f"views[{k}]")
+            if v.shape != X.shape:
+                raise ValueError(f"Received views[{k}] of shape {v.shape}; expected {X.shape}, the shape of X "
+                                 "(the same images, in the same order).")
+            blocks.append(v)
+        return np.concatenate(blocks), len(blocks)
+
+    def _train(self, p, arch, X, y_fit, train_idx, val, epochs, seeds, n_views=1):
+        """One training run from the seeded initial weights: ``(LoopResult, mean, scale)``.
+
+        ``n_views`` > 1: ``X`` is ``n_views`` stacked views of the ``len(y_fit)`` images.
+        """
         init_seed, shuffle_seed, dropout_seed = seeds
         mean, scale = column_stats(X, train_idx) if p["standardize"] else (None, None)
         steps_per_epoch = -(-len(train_idx) // p["batch_size"])
@@ -390,8 +418,10 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         )
         with trainer.checked_out(arch) as step, blas_threads_for(X.size):
             step.reset(trainer.glorot_uniform(np.random.default_rng(init_seed), arch))
-            result = trainer.run_loop(step, X, y_fit, train_idx, val, settings, schedule,
-                                      np.random.default_rng(shuffle_seed), dropout_seed, mean, scale)
+            view_rng = np.random.default_rng(np.random.SeedSequence([shuffle_seed, 0x71E3])) if n_views > 1 else None
+            result = trainer.run_loop(step, X, np.tile(y_fit, n_views) if n_views > 1 else y_fit, train_idx, val,
+                                      settings, schedule, np.random.default_rng(shuffle_seed), dropout_seed, mean,
+                                      scale, n_views=n_views, view_rng=view_rng)
         return result, mean, scale
 
     # ------------------------------------------------------------------ predict

@@ -100,7 +100,7 @@ class _Pool:
 
     def __init__(self, size: int):
         self.size = size
-        self._free: "collections.OrderedDict[Architecture, List[Step]]" = collections.OrderedDict()
+        self._free: "collections.OrderedDict[Architecture, List[object]]" = collections.OrderedDict()
         self._lock = threading.Lock()
         self.built = 0
 
@@ -294,8 +294,14 @@ class _Feeder:
 
 
 def run_loop(step, X, y_fit, train_idx, val, settings: LoopSettings, schedule: Schedule,
-             rng: np.random.Generator, dropout_seed: int, mean=None, scale=None) -> LoopResult:
+             rng: np.random.Generator, dropout_seed: int, mean=None, scale=None, n_views: int = 1,
+             view_rng: Optional[np.random.Generator] = None) -> LoopResult:
     """Train ``step`` (already reset) for up to ``settings.epochs`` epochs.
+
+    ``n_views`` > 1: ``X`` / ``y_fit`` hold ``n_views`` stacked blocks of the same images
+    (row ``r`` of view ``v`` at ``v * len(X) // n_views + r``); ``train_idx`` indexes the
+    first block, and each epoch every training image is drawn in one view chosen uniformly
+    by ``view_rng`` (augmentation without recomputing features).
 
     ``mean``/``scale`` (float32, or None) standardise every row the step sees, as
     :func:`forward_logits` does. ``val`` is ``(X_val, rows or None, y_val int)`` or ``None``: with it, early stopping on
@@ -316,6 +322,8 @@ def run_loop(step, X, y_fit, train_idx, val, settings: LoopSettings, schedule: S
     t = 0
     for epoch in range(s.epochs):
         order = rng.permutation(train_idx)
+        if n_views > 1:
+            order = order + (len(X) // n_views) * view_rng.integers(0, n_views, size=len(order))
         n_steps = -(-n_train // s.batch_size)
         lrs = [schedule.at(t + i) * factor for i in range(n_steps)]
         history["lr"].append(lrs[0])

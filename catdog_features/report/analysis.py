@@ -170,6 +170,39 @@ def _subset_row(subset: Tuple[str, ...], kind: str, trials, members, member_scor
     }
 
 
+def view_rows(members: Mapping[str, dict], member_scores: Mapping[str, dict], facts) -> List[Dict[str, Any]]:
+    """Rows of kind ``view/TTA``: each member trained on several views, or offered TTA.
+
+    A TTA row shows the member's OOF log loss with the TTA mean, and whether it was kept
+    (only when lower than its plain OOF log loss; see :mod:`catdog_features.ensemble.tta`).
+    """
+    from catdog_features.features.views import format_views
+
+    rows = []
+    for name, m in members.items():
+        trained, choice = m.get("train_views"), m.get("tta_choice")
+        if not trained and not choice:
+            continue
+        score = member_scores.get(name, {})
+        parts = [f"member {name} on {'+'.join(m['backbones'])}"]
+        if trained:
+            parts.append(f"trained on views {format_views(trained)} (one per image per epoch)")
+        label = name
+        if choice:
+            label += f" +TTA({format_views(choice['views'])})"
+            parts.append(f"TTA {'kept' if choice['kept'] else 'not kept'}: OOF log loss {choice['tta_log_loss']:.5f} "
+                         f"with TTA vs {choice['plain_log_loss']:.5f} plain")
+        rows.append({
+            "name": label, "kind": "view/TTA", "detail": "; ".join(parts), "dim": _total(facts, "dim", m["backbones"]),
+            "sweep_val_log_loss": m.get("sweep_loss"),
+            "oof_log_loss": choice["tta_log_loss"] if choice else score.get("log_loss"),
+            "oof_log_loss_clipped": score.get("clipped_log_loss") if not choice or choice["kept"] else None,
+            "oof_accuracy": score.get("accuracy") if not choice or choice["kept"] else None,
+            "images_per_s": None, "cache_bytes": _total(facts, "cache_bytes", m["backbones"]),
+        })
+    return rows
+
+
 def comparison_rows(facts: Mapping[str, Dict[str, Any]], trials: Sequence[Dict[str, Any]], members: Sequence[dict],
                     scores: Sequence[dict], chosen: Optional[str]) -> List[Dict[str, Any]]:
     """One row per backbone, per backbone combination tried, per ensembler (:data:`COMPARISON_COLUMNS`).
@@ -186,6 +219,7 @@ def comparison_rows(facts: Mapping[str, Dict[str, Any]], trials: Sequence[Dict[s
     combos = list(dict.fromkeys(tuple(t["backbones"]) for t in trials if len(t["backbones"]) > 1))
     combos += [tuple(m["backbones"]) for m in members.values() if len(m["backbones"]) > 1 and tuple(m["backbones"]) not in combos]
     rows += [_subset_row(c, "concat", trials, members, member_scores, facts) for c in combos]
+    rows += view_rows(members, member_scores, facts)
     used = list(dict.fromkeys(b for m in members.values() for b in m["backbones"]))
     for r in scores:
         if r["kind"] != "ensemble":

@@ -14,10 +14,13 @@ key; expected one of max_evals, search_backbones, ...``.
     ``backbones`` (list, default ResNet50, InceptionV3, Xception); ``weights``:
     ``"imagenet"`` | ``"none"`` | a weights-file path | a table backbone -> path (or
     ``"imagenet"``/``"none"``); ``image_size`` (0 = native, at most 2048); ``batch_size``
-    (32, at most 4096); ``cache_dir`` ("features_cache"); *extra*: ``allow_outside``
-    (false): see "Where a run may write" below; ``split`` ("" = none): also cache each
-    backbone's feature maps at that layer (``"default"``: the registry's split, the input of
-    the last block; see ``extract_features(..., split=...)``), for a ``TopBlockHead``.
+    (32, at most 4096); ``cache_dir`` ("features_cache"); ``views`` (``["plain"]``): the
+    views extracted for the training and test images, e.g. ``["plain", "hflip", "aug:0-7"]``
+    (ranges expand; ``plain`` is always included; see :mod:`catdog_features.features.views`);
+    *extra*: ``allow_outside`` (false): see "Where a run may write" below; ``split`` ("" =
+    none): also cache each backbone's feature maps at that layer (``"default"``: the
+    registry's split, the input of the last block; see ``extract_features(..., split=...)``),
+    for a ``TopBlockHead``.
 ``[sweep]``
     ``max_evals`` (100, >= 1); ``search_backbones`` (true); *extra*: ``space_preset``
     (``"default"``: dense or linear heads, chosen by measurement; ``"reference"``: the
@@ -25,7 +28,9 @@ key; expected one of max_evals, search_backbones, ...``.
     5-fold CV below 3,000 rows, else one hold-out split; 0 = one hold-out split; k >= 2 =
     k-fold), ``validation_split`` (0.2), ``early_stopping`` (``"auto"``: ``"fold"`` for the
     reference preset, else ``"inner"``; see :mod:`catdog_features.search.objective`),
-    ``epochs`` and ``patience`` (fixed dense-head settings; default: the space's), and a
+    ``epochs`` and ``patience`` (fixed dense-head settings; default: the space's),
+    ``train_views`` (``[]``: plain only): views dense heads draw one of per image and epoch
+    while training (sweep and ensemble; validation and OOF rows stay plain), and a
     ``[sweep.space]`` table overriding entries of the preset's space, one head parameter per
     key (``head = "linear"`` / ``{choice = ["dense", "linear"]}`` restricts the head kinds):
     a constant (``optimizer = "adam"``) or one distribution ``{loguniform = [lo, hi]}``,
@@ -34,7 +39,10 @@ key; expected one of max_evals, search_backbones, ...``.
 ``[ensemble]``
     ``folds`` (5, 2 to 100); ``top_k`` (5, 1 to 100) distinct best trials as members;
     ``method`` (``auto`` | ``blend`` | ``stack`` | ``mean``); ``clip`` (``"auto"`` or a
-    number in [0, 0.5)); *extra*: ``seed`` (0) of the folds.
+    number in [0, 0.5)); ``tta`` (``[]``: none): views whose mean probability is a member's
+    prediction, kept per member only where it lowers the OOF log loss (e.g. ``["plain",
+    "hflip"]``); *extra*: ``seed`` (0) of the folds. ``train_views`` and ``tta`` must be
+    among ``[extract] views``.
 ``[output]``
     ``dir`` (default ``runs/<config file stem>``): the run folder (see :mod:`catdog_features.run.rundir`);
     *extra*: ``report`` (true): write the report at the end; ``allow_outside`` (false).
@@ -64,7 +72,7 @@ from catdog_features.run.values import METHODS, ConfigError, plain as _plain  # 
 from catdog_features.run.values import (  # local short names, as the schema below uses them
     BadValue as _Bad, backbones_value as _backbones, bool_value as _bool, clip_value as _clip, float_value as _float,
     int_value as _int, method_value as _method, optional_path as _optional_path, path_value as _path,
-    weights_value as _weights, where as _where,
+    views_value as _views, weights_value as _weights, where as _where,
 )
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "qloguniform", "choice")
@@ -95,6 +103,7 @@ class ExtractConfig:
     batch_size: int = 32
     cache_dir: Path = Path("features_cache")
     allow_outside: bool = False
+    views: Tuple[str, ...] = ("plain",)
     split: Optional[str] = None  # also cache feature maps at this layer ("default": the registry's)
 
     def to_dict(self) -> dict:
@@ -103,7 +112,7 @@ class ExtractConfig:
 
         return {"backbones": list(self.backbones), "weights": _plain(weights_to_text(self.weights)),
                 "image_size": self.image_size, "batch_size": self.batch_size, "cache_dir": str(self.cache_dir),
-                "allow_outside": self.allow_outside, "split": self.split}
+                "allow_outside": self.allow_outside, "views": list(self.views), "split": self.split}
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,7 @@ class SweepConfig:
     early_stopping: Optional[str] = None  # None: the preset's ("fold" for reference, else "inner")
     epochs: Optional[int] = None
     patience: Optional[int] = None
+    train_views: Tuple[str, ...] = ()  # (): plain only
     #: head parameter -> constant or {distribution: args}, as written in the TOML
     space: Dict[str, Any] = field(default_factory=dict)
 
@@ -132,6 +142,7 @@ class EnsembleConfig:
     method: str = "auto"
     clip: Union[str, float] = "auto"
     seed: int = 0
+    tta: Tuple[str, ...] = ()  # (): no test-time augmentation
 
 
 @dataclass(frozen=True)
@@ -279,6 +290,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "batch_size": (lambda v: _int(v, 1, maximum=MAX_BATCH_SIZE), 32),
             "cache_dir": (lambda v: _path(v, base), base / "features_cache"),
             "allow_outside": (_bool, False),
+            "views": (lambda v: _views(v, plain_first=True), ("plain",)),
             "split": (_split, None),
         },
         "sweep": {
@@ -291,6 +303,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "early_stopping": (_early_stopping, None),
             "epochs": (lambda v: _int(v, 1), None),
             "patience": (lambda v: _int(v, 0), None),
+            "train_views": (_views, ()),
             "space": (None, {}),  # validated per entry below
         },
         "ensemble": {
@@ -299,6 +312,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "method": (_method, "auto"),
             "clip": (_clip, "auto"),
             "seed": (lambda v: _int(v, 0, maximum=MAX_SEED), 0),
+            "tta": (_views, ()),
         },
         "output": {
             "dir": (lambda v: _path(v, base), None),
@@ -380,6 +394,16 @@ def _check_write_paths(values, base: Path, error: _Errors) -> None:
                     f"[{section}] (or pass --set {section}.{key}=PATH) if a folder elsewhere is really meant")
 
 
+def _check_views(values, error: _Errors) -> None:
+    """``[sweep] train_views`` and ``[ensemble] tta`` name views that ``[extract] views`` extracts."""
+    extracted = values["extract"]["views"]
+    for section, key in (("sweep", "train_views"), ("ensemble", "tta")):
+        missing = [v for v in values[section][key] if v not in extracted]
+        if missing:
+            raise error(section, key, f"received views {missing!r} that [extract] views does not extract "
+                        f"({list(extracted)!r}); expected views among them (add them to [extract] views)")
+
+
 def parse_config(raw: Mapping[str, Any], base_dir=".", name: str = "run", *, source=None,
                  explicit: Mapping[Tuple[str, str], str] = None) -> RunConfig:
     """Validate a config mapping (as read from TOML); relative paths resolve against ``base_dir``.
@@ -415,6 +439,7 @@ def parse_config(raw: Mapping[str, Any], base_dir=".", name: str = "run", *, sou
     if values["output"]["dir"] is None:
         values["output"]["dir"] = base / "runs" / name
     _check_write_paths(values, base, error)
+    _check_views(values, error)
     return RunConfig(**{s: _CLASSES[s](**v) for s, v in values.items()}, source=None if source is None else Path(source))
 
 

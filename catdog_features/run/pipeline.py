@@ -95,9 +95,12 @@ def backbone_records(reports: Sequence[Any], previous: Dict[str, dict]) -> Dict[
 
 def extract_stage(run: RunDir, config, *, progress: bool = True, log: Log = print):
     """Features of ``[data] train`` (labelled) and ``[data] test``; returns ``(train, test or None)``."""
+    from catdog_features.features.views import format_views
+
     t0 = time.perf_counter()
     extract = config.extract
-    log(f"[1/5] features: {', '.join(extract.backbones)} (cache {extract.cache_dir})")
+    log(f"[1/5] features: {', '.join(extract.backbones)} (cache {extract.cache_dir})"
+        + (f", views {format_views(extract.views)}" if tuple(extract.views) != ("plain",) else ""))
     train, train_report = load_features(config.data.train, extract, labels_csv=config.data.labels_csv, progress=progress)
     if train.labels is None:
         raise ValueError(f"[data] train: no labels found in {str(config.data.train)!r}; expected a labelled layout "
@@ -157,6 +160,7 @@ def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, pro
         random_state=sweep_config.seed,
         head_params=sweep_config.head_params(),
         progress=progress,
+        train_views=list(sweep_config.train_views) or None,
     )
     try:
         return sweep(train, **kwargs), False
@@ -212,16 +216,21 @@ def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> D
     """Each member's mean fold-model probabilities on ``test`` (saved models, no refit)."""
     if test is None or len(test) == 0:
         return {}
-    return {m["name"]: fold_mean_proba([_fold_head(run, m["name"], k) for k in range(n_folds)],
-                                       test.concat(m["backbones"]), n_classes) for m in members}
+    from catdog_features.run.saved import member_proba
+
+    return {m["name"]: member_proba(lambda X, m=m: fold_mean_proba([_fold_head(run, m["name"], k) for k in range(n_folds)],
+                                                                  X, n_classes), test, m) for m in members}
 
 
-def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, log: Log):
+def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, log: Log, train_views=()):
     """``(OOFPredictions, status)``: reused, test re-predicted by the saved fold models, or fitted."""
     from catdog_features.ensemble import OOFPredictions, fit_oof, make_folds, oof_key, read_oof_key
+    from catdog_features.ensemble.oof import views_extra
 
-    key = oof_key(members, train, test, ens.folds, ens.seed)
-    train_key = oof_key(members, train, None, ens.folds, ens.seed)
+    tta = list(getattr(ens, "tta", ()) or ())
+    train_views = [v for v in train_views if v != train.view_name]
+    key = oof_key(members, train, test, ens.folds, ens.seed, views_extra(train, test, train_views, tta))
+    train_key = oof_key(members, train, None, ens.folds, ens.seed, views_extra(train, None, train_views, tta))
     n_folds = int(make_folds(train.labels, ens.folds, ens.seed).max()) + 1
     stored = None
     if run.oof.is_file() and read_oof_key(run.oof) is not None:
@@ -236,7 +245,7 @@ def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, 
     if stored is not None and stored.info.get("train_key") == train_key and models_ok:
         # same members on the same training features: only the test set changed, so the
         # saved fold models predict it; no head is refitted
-        stored.test = _predict_test(run, members, test, n_folds, len(train.class_names))
+        stored.test = _predict_test(run, stored.members, test, n_folds, len(train.class_names))  # their TTA choice
         stored.test_ids = None if test is None else np.asarray(test.ids, dtype=str)
         stored.test_failed = [] if test is None else failure_records(test)
         stored.key = key
@@ -244,7 +253,8 @@ def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, 
         return stored, "test re-predicted"
     if run.models.exists():
         shutil.rmtree(run.models)  # fold models of other member configs would be stale
-    oof = fit_oof(members, train, test, folds=ens.folds, random_state=ens.seed, models_dir=run.models, progress=progress)
+    oof = fit_oof(members, train, test, folds=ens.folds, random_state=ens.seed, models_dir=run.models, progress=progress,
+                  train_views=train_views or None, tta=tta or None)
     return oof, "done"
 
 
@@ -280,7 +290,8 @@ def ensemble_stage(run: RunDir, config, members, train, test, *, progress: bool 
     members = normalize_members(members)
     log(f"[3/5] ensemble: {len(members)} member(s) x {ens.folds} folds, method={ens.method}, clip={ens.clip}")
     start = time.perf_counter()
-    oof, status = _oof_predictions(run, members, train, test, ens, progress=progress, log=log)
+    oof, status = _oof_predictions(run, members, train, test, ens, progress=progress, log=log,
+                                   train_views=tuple(getattr(config.sweep, "train_views", ()) or ()))
     result = fit_ensemblers(oof, method=ens.method, clip=ens.clip, random_state=ens.seed)
     save_chosen_oof(oof, result, run.oof)
     n_folds = int(oof.info.get("folds", ens.folds))

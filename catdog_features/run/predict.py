@@ -47,6 +47,8 @@ def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = No
         batch_size=extraction.batch_size,
         labels_csv=None if labels_csv is None else str(labels_csv),
         progress=progress,
+        # feature maps: the plain view only (the maps of every augmented view would multiply the store's size)
+        views=["plain"] if split else list(getattr(extraction, "views", None) or ("plain",)),
         **({"split": split} if split else {}),
     )
 

@@ -32,6 +32,13 @@ from catdog_features.run.rundir import ENSEMBLE, RunDir
 ENSEMBLE_FORMAT = "catdog-features-ensemble/1"
 
 
+def member_proba(predict, features, member):
+    """A member's prediction (its TTA views averaged; see :mod:`catdog_features.ensemble.tta`)."""
+    from catdog_features.ensemble.tta import member_proba as _member_proba
+
+    return _member_proba(predict, features, member)
+
+
 def fold_mean_proba(paths: Sequence[Path], X, n_classes: int) -> np.ndarray:
     """Mean probabilities of saved fold heads on ``X`` (no refit): a member's prediction."""
     from catdog_features.ensemble import aligned_proba
@@ -51,6 +58,7 @@ def extraction_from_dict(data, run: RunDir):
         image_size=data.get("image_size") or None,
         batch_size=int(data.get("batch_size", 32)),
         cache_dir=run.resolve(data.get("cache_dir", "features_cache")),
+        views=tuple(data.get("views") or ("plain",)),
     )
 
 
@@ -131,7 +139,8 @@ class SavedEnsemble:
             paths = self.models.get(member["name"], [])
             if not paths:
                 raise FileNotFoundError(f"No saved fold models for member {member['name']!r} in {self.run.root}.")
-            out[member["name"]] = fold_mean_proba(paths, features.concat(member["backbones"]), n_classes)
+            # a TTA member: the mean over its views (each the mean of its fold models)
+            out[member["name"]] = member_proba(lambda X: fold_mean_proba(paths, X, n_classes), features, member)
         return out
 
     def predict_features(self, features) -> np.ndarray:

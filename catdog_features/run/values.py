@@ -127,6 +127,25 @@ def clip_value(value):
     return float(value)
 
 
+def views_value(value, *, plain_first: bool = False) -> Tuple[str, ...]:
+    """A list of view names (or ``"plain,aug:0-7"``); ranges expand (:func:`~catdog_features.features.views.parse_views`).
+
+    ``plain_first``: the list is what is extracted, and ``plain`` (what validation and OOF
+    predictions use) is always part of it, first.
+    """
+    from catdog_features.features.views import ViewError, parse_views
+
+    if not isinstance(value, (str, list, tuple)):
+        raise BadValue(f"received {value!r}; expected a list of view names such as [\"plain\", \"hflip\", \"aug:0-7\"]")
+    try:
+        views = parse_views(value, default=())
+    except ViewError as exc:
+        raise BadValue(str(exc)) from None
+    if plain_first:
+        views = ("plain",) + tuple(v for v in views if v != "plain")
+    return views
+
+
 def method_value(value):
     if value not in METHODS:
         raise BadValue(f"received {value!r}; expected one of {', '.join(METHODS)}")

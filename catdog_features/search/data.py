@@ -21,6 +21,12 @@ class SweepData:
     names: List[str]  # backbone names in order ([] for a plain matrix)
     y: np.ndarray  # int labels 0..k-1
     classes: np.ndarray
+    #: training views besides the plain one: view -> backbone -> (n, d), rows aligned with ``blocks``
+    views: Dict[str, Dict[str, np.ndarray]] = None
+
+    def __post_init__(self):
+        if self.views is None:
+            self.views = {}
 
     @property
     def n_rows(self) -> int:
@@ -38,7 +44,11 @@ class SweepData:
             block = self.blocks[name]
             h.update(f"{name}:{block.shape}:{block.dtype}".encode())
             h.update(np.ascontiguousarray(block[rows]).tobytes())
-        return {
+        for view in sorted(self.views):
+            for name in sorted(self.views[view]):
+                h.update(f"{view}/{name}".encode())
+                h.update(np.ascontiguousarray(self.views[view][name][rows]).tobytes())
+        out = {
             "backbones": {name: int(self.blocks[name].shape[1]) for name in self.names}
             if self.names
             else {"<array>": int(self.blocks[""].shape[1])},
@@ -47,6 +57,9 @@ class SweepData:
             "labels_sha256": hashlib.sha256(np.ascontiguousarray(self.y, dtype=np.int64).tobytes()).hexdigest(),
             "features_sample_sha256": h.hexdigest(),
         }
+        if self.views:  # only then: trials files of plain-only sweeps keep their meta
+            out["train_views"] = ["plain"] + list(self.views)
+        return out
 
 
 def _as_2d(name: str, x) -> np.ndarray:
@@ -58,8 +71,11 @@ def _as_2d(name: str, x) -> np.ndarray:
     return x
 
 
-def prepare_data(data, y, backbones) -> SweepData:
+def prepare_data(data, y, backbones, train_views=None) -> SweepData:
+    """The sweep's data; ``train_views`` (view names of a multi-view FeatureSet) are the views
+    dense heads draw from while training, besides the plain one (``fs.view_name``)."""
     from catdog_features.features.featureset import FeatureSet
+    from catdog_features.features.views import parse_views
 
     if isinstance(data, FeatureSet):
         blocks, labels = dict(data.features), data.labels if y is None else y
@@ -102,7 +118,18 @@ def prepare_data(data, y, backbones) -> SweepData:
     classes, y_enc = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"y has a single class. Received: classes={classes.tolist()}; expected at least 2.")
-    return SweepData(blocks=blocks, names=names, y=y_enc.astype(np.int64), classes=classes)
+    views = {}
+    extra = [v for v in parse_views(train_views, default=()) if not isinstance(data, FeatureSet) or v != data.view_name]
+    if extra:
+        if not isinstance(data, FeatureSet):
+            raise ValueError(f"train_views applies to a FeatureSet with several views. Received: train_views="
+                             f"{list(train_views)!r} with {type(data).__name__} data.")
+        missing = [v for v in extra if v not in data.views]
+        if missing:
+            raise ValueError(f"Views not in the FeatureSet. Received: train_views={list(train_views)!r}; "
+                             f"{missing!r} missing; expected views among {list(data.views)} (extract them with views=).")
+        views = {v: {name: _as_2d(f"{v}/{name}", data.view(v)[name]) for name in names} for v in extra}
+    return SweepData(blocks=blocks, names=names, y=y_enc.astype(np.int64), classes=classes, views=views)
 
 
 def cv_fold_seed(random_state: int) -> int:
@@ -145,7 +172,20 @@ class ConcatCache:
     def __init__(self, data: SweepData, order: np.ndarray, max_bytes: int = CONCAT_CACHE_BYTES):
         self.data, self.order, self.max_bytes = data, order, max_bytes
         self._items: "collections.OrderedDict[Tuple[str, ...], np.ndarray]" = collections.OrderedDict()
+        self._view_items: "collections.OrderedDict[Tuple[str, ...], List[np.ndarray]]" = collections.OrderedDict()
         self.builds = 0
+
+    def views(self, subset: Tuple[str, ...]) -> List[np.ndarray]:
+        """The training views of ``subset`` (concatenated, rows in fold order), one matrix per view."""
+        if subset in self._view_items:
+            self._view_items.move_to_end(subset)
+            return self._view_items[subset]
+        out = [np.concatenate([blocks[name][self.order] for name in subset], axis=1)
+               for blocks in self.data.views.values()]
+        self._view_items[subset] = out
+        while len(self._view_items) > 1 and sum(x.nbytes for v in self._view_items.values() for x in v) > self.max_bytes:
+            self._view_items.popitem(last=False)
+        return out
 
     def get(self, subset: Tuple[str, ...]) -> np.ndarray:
         if subset in self._items:

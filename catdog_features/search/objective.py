@@ -90,8 +90,12 @@ def _fold(x, y, start: int, stop: int):
 
 
 def score_config(params: Mapping[str, Any], x, y, bounds: Sequence[tuple], n_classes: int,
-                 early_stopping: str) -> Dict[str, Any]:
+                 early_stopping: str, views: Optional[Sequence[np.ndarray]] = None) -> Dict[str, Any]:
     """Fit the head of ``params`` on each fold's training rows; ``loss`` = mean validation log loss.
+
+    ``views``: other views of ``x``'s rows (same order), drawn from while training (heads that
+    take views); a fold's training rows of every view are its plain training rows, so all views
+    of an image are on the same side of every fold, and the scored rows are plain.
 
     Returns ``{"loss", "fold_losses", "best_epoch"}`` (mean best epoch of the dense folds).
     Raises whatever the head raises, or FloatingPointError for a non-finite loss.
@@ -99,6 +103,7 @@ def score_config(params: Mapping[str, Any], x, y, bounds: Sequence[tuple], n_cla
     from sklearn.metrics import log_loss
 
     from catdog_features.heads.saved import build_head, split_params
+    from catdog_features.heads.views import fit_on_views
 
     kind, _ = split_params(params)
     labels = np.arange(n_classes)
@@ -109,10 +114,11 @@ def score_config(params: Mapping[str, Any], x, y, bounds: Sequence[tuple], n_cla
         # a dense head's final refit on all its rows (``refit``) would double the cost of a
         # trial and only add the early-stopping rows back: trials are scored without it
         head = build_head({**params, "refit": False} if kind == "dense" and params.get("refit") else params)
+        v_tr = [_fold(v, y, start, stop)[0] for v in views] if views else None
         if kind == "dense" and early_stopping == "fold":
-            head.fit(x_tr, y_tr, validation_data=(x_val, y_val))
+            fit_on_views(head, x_tr, y_tr, v_tr, validation_data=(x_val, y_val))
         else:
-            head.fit(x_tr, y_tr)
+            fit_on_views(head, x_tr, y_tr, v_tr)
         fold_loss = float(log_loss(y_val, as_proba(head.predict_proba(x_val), n_classes), labels=labels))
         if not math.isfinite(fold_loss):
             raise FloatingPointError(f"validation log loss is {fold_loss}")
@@ -125,7 +131,7 @@ def score_config(params: Mapping[str, Any], x, y, bounds: Sequence[tuple], n_cla
 
 def run_trial(tid: int, hyperopt_vals: Mapping[str, List[Any]], params: Optional[Mapping[str, Any]],
               backbones: Sequence[str], x_of, y, bounds, n_classes: int, early_stopping: str,
-              point_error: Optional[str] = None) -> Dict[str, Any]:
+              point_error: Optional[str] = None, views_of=None) -> Dict[str, Any]:
     """The committed record of trial ``tid``: ``status`` "ok" with its loss, or "fail" with the error.
 
     ``params``/``backbones`` are the drawn point (``point_error`` if drawing it failed); ``x_of``
@@ -137,7 +143,8 @@ def run_trial(tid: int, hyperopt_vals: Mapping[str, List[Any]], params: Optional
     outcome, error = {"loss": None, "fold_losses": None, "best_epoch": None}, point_error
     if error is None:
         try:
-            outcome = score_config(params, x_of(tuple(backbones)), y, bounds, n_classes, early_stopping)
+            views = views_of(tuple(backbones)) if views_of is not None else None
+            outcome = score_config(params, x_of(tuple(backbones)), y, bounds, n_classes, early_stopping, views)
         except Exception as exc:  # noqa: BLE001 - recorded in the trial, reported in the table
             error = f"{type(exc).__name__}: {exc}"
             outcome = {"loss": None, "fold_losses": None, "best_epoch": None}
@@ -148,3 +155,41 @@ def run_trial(tid: int, hyperopt_vals: Mapping[str, List[Any]], params: Optional
         "hyperopt_vals": {k: list(v) for k, v in hyperopt_vals.items()}, "started_at": started,
         "fold_losses": outcome["fold_losses"],
     }
+
+
+_concat_cache: Dict[Any, np.ndarray] = {}
+
+
+def _worker_matrix(folder: str, subset: Sequence[str]) -> np.ndarray:
+    """The concatenated matrix of ``subset`` from a task folder (the last one kept per process)."""
+    from catdog_features.task_arrays import open_arrays
+
+    key = (folder, tuple(subset))
+    if key not in _concat_cache:
+        arrays = open_arrays(folder)
+        names = tuple(subset) or ("",)
+        _concat_cache.clear()
+        _concat_cache[key] = np.concatenate([np.asarray(arrays[f"x/{name}"]) for name in names], axis=1)
+    return _concat_cache[key]
+
+
+def trial_task(payload: Mapping[str, Any]) -> Dict[str, Any]:
+    """A trial run in a worker process or a Spark task: reads its data from a task folder.
+
+    ``payload`` holds the task folder (``x/<backbone>`` blocks and ``y``, rows in fold order),
+    the drawn point and the objective's settings: paths and plain values only.
+    """
+    from catdog_features.task_arrays import open_arrays
+
+    folder = payload["data"]
+    arrays = open_arrays(folder)
+    y = np.asarray(arrays["y"])
+    views = payload.get("views") or []
+
+    def views_of(subset):
+        return [np.concatenate([np.asarray(arrays[f"v/{view}/{name}"]) for name in subset], axis=1)
+                for view in views]
+
+    return run_trial(payload["tid"], payload["hyperopt_vals"], payload["params"], payload["backbones"],
+                     lambda subset: _worker_matrix(folder, subset), y, [tuple(b) for b in payload["bounds"]],
+                     payload["n_classes"], payload["early_stopping"], views_of=views_of if views else None)

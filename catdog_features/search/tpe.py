@@ -115,11 +115,17 @@ class Suggester:
     def next_tid(self) -> int:
         return max(self.tids) + 1 if self.tids else 0
 
-    def suggest(self, tid: int) -> Dict[str, List[Any]]:
-        """Hyperopt ``vals`` (label -> [value] or [] when inactive) of trial ``tid``'s point."""
+    def suggest(self, tid: int, attempt: int = 0) -> Dict[str, List[Any]]:
+        """Hyperopt ``vals`` (label -> [value] or [] when inactive) of trial ``tid``'s point.
+
+        ``attempt`` > 0 redraws with another seed (the first draw repeated a known point).
+        """
         from hyperopt import tpe
 
-        docs = tpe.suggest([tid], self.domain, self.trials, _trial_seed(self.random_state, tid),
+        seed = _trial_seed(self.random_state, tid)
+        if attempt:
+            seed = int(np.random.SeedSequence([int(self.random_state), int(tid), int(attempt)]).generate_state(1)[0])
+        docs = tpe.suggest([tid], self.domain, self.trials, seed,
                            n_startup_jobs=self.n_startup_jobs, verbose=False)
         return _builtin({label: list(v) for label, v in docs[0]["misc"]["vals"].items()})
 
@@ -210,6 +216,10 @@ def sweep(
     timeout: Optional[float] = None,
     new: bool = False,
     n_startup_jobs: int = DEFAULT_N_STARTUP_JOBS,
+    n_jobs: int = 1,
+    distributor: str = "local",
+    spark_master: Optional[str] = None,
+    train_views: Optional[Sequence[str]] = None,
 ) -> SweepResult:
     """Search head kinds and hyperparameters (and backbone subsets) with Hyperopt TPE.
 
@@ -259,6 +269,24 @@ def sweep(
     n_startup_jobs : int
         Random trials before TPE starts modelling (hyperopt's default 20), counting trials
         already in the file.
+    n_jobs : int
+        Trials run at once (-1: one per core). TPE suggests a new point whenever a trial
+        finishes, from the finished ones, and never a point already running or done; with
+        ``n_jobs > 1`` the order in which trials finish (hence later suggestions) depends on
+        timing. Only this process commits trials: a killed sweep loses the running ones only,
+        and a resumed one stops at exactly ``max_evals``.
+    distributor : {"local", "spark"}
+        ``"local"``: worker processes (each with ``cores // n_jobs`` BLAS/TensorFlow threads);
+        ``"spark"``: every trial is a Spark task (``n_jobs`` at once; -1: the cluster's default
+        parallelism). Workers read the features from a task folder written next to
+        ``trials_path`` (so put the trials file on storage the executors reach).
+    spark_master : str, optional
+        Spark master URL when no SparkSession is active (default ``local[*]``).
+    train_views : sequence of str, optional
+        Views of a multi-view FeatureSet (``extract_features(..., views=[...])``) that dense
+        heads train on: each epoch draws one view per image (augmentation without rerunning
+        a backbone). Folds are of images, so all views of an image sit in the same fold; the
+        scored rows are the FeatureSet's own view (plain). Default: that view only.
 
     Returns
     -------
@@ -267,7 +295,12 @@ def sweep(
     """
     if isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer)) or int(max_evals) < 0:
         raise ValueError(f"Received max_evals={max_evals!r}; expected an int >= 0.")
-    sdata = prepare_data(data, y, backbones)
+    from catdog_features.distributed import check_distributor, resolve_jobs
+
+    check_distributor(distributor)
+    if not (distributor == "spark" and n_jobs == -1):
+        resolve_jobs(n_jobs)
+    sdata = prepare_data(data, y, backbones, train_views)
     fixed = dict(head_params or {})
     user_space = _resolve_space(space, sdata, search_backbones, fixed)
     if early_stopping is None:
@@ -302,8 +335,12 @@ def sweep(
                               "created_at": stored_meta.get("created_at", now), "updated_at": now})
         if moved is not None and progress:
             print(f"moved the old trials file aside to {moved}", file=sys.stderr)
-        outcome = _run(user_space, records, store, sdata, order, bounds, objective, fixed, int(max_evals),
-                       int(n_startup_jobs), progress, timeout)
+        from catdog_features.distributed import TaskPool
+
+        with TaskPool(n_jobs, distributor, spark_master) as pool:
+            outcome = _run(user_space, records, store, sdata, order, bounds, objective, fixed, int(max_evals),
+                           int(n_startup_jobs), progress, timeout, pool,
+                           None if trials_path is None else trials_path.parent)
     finally:
         if store is not None:
             store.close()
@@ -313,15 +350,47 @@ def sweep(
     return result
 
 
+def _point_key(hvals: Mapping[str, List[Any]]) -> str:
+    import json
+
+    return json.dumps({k: list(v) for k, v in sorted(hvals.items())}, sort_keys=True, default=str)
+
+
+#: Redraws of a suggestion that equals a trial already running or done, before taking it anyway
+#: (a small discrete space can run out of new points).
+MAX_REDRAWS = 20
+
+
 def _run(space, records, store, sdata, order, bounds, objective, fixed, max_evals, n_startup_jobs, progress,
-         timeout) -> Dict[str, Any]:
-    """The loop: suggest, run, commit, until ``max_evals`` trials exist (or the timeout)."""
+         timeout, pool, task_near) -> Dict[str, Any]:
+    """The loop: suggest, run, commit, until ``max_evals`` trials exist (or the timeout).
+
+    Up to ``pool.n_jobs`` trials run at once; TPE suggests a new point whenever one finishes,
+    from the trials committed so far. Only this process writes the trials file, and a trial
+    counts once it is committed: a killed driver loses the running trials (not committed) and
+    none that finished.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from catdog_features.distributed import task_error
+    from catdog_features.search.objective import trial_task
+
     suggester = Suggester(space, records, objective.random_state, n_startup_jobs)
     y_ord = sdata.y[order]
     concat = ConcatCache(sdata, order)
     records = list(records)
+    seen = {_point_key(r["hyperopt_vals"]) for r in records}
     timings = {"suggest": 0.0, "persist": 0.0, "trials": 0.0, "n_new": 0}
     labels = searched_labels(space)
+    folder = None
+    if not pool.inline:
+        from catdog_features.task_arrays import make_task_folder, write_arrays
+
+        folder = make_task_folder(task_near, "sweep")
+        arrays = {f"x/{name}": sdata.blocks[name or ""][order] for name in (sdata.names or [""])}
+        for view, blocks in sdata.views.items():  # training views, rows aligned with the plain ones
+            arrays.update({f"v/{view}/{name}": blocks[name][order] for name in sdata.names})
+        write_arrays(folder, {**arrays, "y": y_ord})
     bar = None
     if progress and len(records) < max_evals:
         from tqdm.auto import tqdm
@@ -329,37 +398,87 @@ def _run(space, records, store, sdata, order, bounds, objective, fixed, max_eval
         bar = tqdm(total=max_evals, initial=len(records), desc="trial", unit="trial", dynamic_ncols=True)
         bar.set_postfix_str(_progress_postfix(SweepResult.from_trials(records).best_trial,
                                               shown_params(records, labels)), refresh=True)
+    running: Dict[Any, Dict[str, Any]] = {}  # future -> the point it runs
+    next_tid = suggester.next_tid()
     t_start = time.monotonic()
-    try:
-        while len(records) < max_evals:
-            if timeout is not None and time.monotonic() - t_start > timeout:
+
+    def start_trial():
+        nonlocal next_tid
+        t0 = time.perf_counter()
+        tid, next_tid = next_tid, next_tid + 1
+        hvals = suggester.suggest(tid)
+        for attempt in range(1, MAX_REDRAWS + 1):  # never a point already running or done
+            if _point_key(hvals) not in seen:
                 break
-            t0 = time.perf_counter()
-            tid = suggester.next_tid()
-            hvals = suggester.suggest(tid)
-            params, chosen, error = {}, [], None
-            try:
-                params, chosen = suggester.point(hvals, sdata.names, _best_single(records))
-                params = _fixed_for(params, fixed, objective.random_state)
-            except Exception as exc:  # noqa: BLE001 - an unusable point is a failed trial
-                error = f"{type(exc).__name__}: {exc}"
-            timings["suggest"] += time.perf_counter() - t0
+            hvals = suggester.suggest(tid, attempt)
+        seen.add(_point_key(hvals))
+        params, chosen, error = {}, [], None
+        try:
+            params, chosen = suggester.point(hvals, sdata.names, _best_single(records))
+            params = _fixed_for(params, fixed, objective.random_state)
+        except Exception as exc:  # noqa: BLE001 - an unusable point is a failed trial
+            error = f"{type(exc).__name__}: {exc}"
+        timings["suggest"] += time.perf_counter() - t0
+        point = {"tid": tid, "hyperopt_vals": hvals, "params": params, "backbones": chosen}
+        if pool.inline or error is not None:
             record = run_trial(tid, hvals, params, chosen, concat.get, y_ord, bounds, len(sdata.classes),
-                               objective.early_stopping, point_error=error)
-            timings["trials"] += record["duration_s"]
-            t0 = time.perf_counter()
-            if store is not None:
-                store.append(record)  # committed before the next suggestion
-            timings["persist"] += time.perf_counter() - t0
-            records.append(record)
-            suggester.take(record)
-            timings["n_new"] += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(_progress_postfix(SweepResult.from_trials(records).best_trial,
-                                              shown_params(records, labels)), refresh=True)
+                               objective.early_stopping, point_error=error,
+                               views_of=concat.views if sdata.views else None)
+            future = pool.submit(lambda r: r, record) if pool.inline else _done(record)
+        else:
+            future = pool.submit(trial_task, {**point, "data": str(folder), "bounds": [list(b) for b in bounds],
+                                              "n_classes": len(sdata.classes),
+                                              "early_stopping": objective.early_stopping,
+                                              "views": list(sdata.views)})
+        running[future] = point
+
+    def commit(future):
+        point = running.pop(future)
+        exc = task_error(future)
+        if exc is None:
+            record = future.result()
+        else:  # the task itself failed (a dead worker, a lost Spark task): a failed trial
+            record = run_trial(point["tid"], point["hyperopt_vals"], point["params"], point["backbones"],
+                               None, y_ord, bounds, len(sdata.classes), objective.early_stopping,
+                               point_error=f"{type(exc).__name__}: {exc}")
+        timings["trials"] += record["duration_s"]
+        t0 = time.perf_counter()
+        if store is not None:
+            store.append(record)  # committed before it counts, and before the next suggestion
+        timings["persist"] += time.perf_counter() - t0
+        records.append(record)
+        suggester.take(record)
+        timings["n_new"] += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(_progress_postfix(SweepResult.from_trials(records).best_trial,
+                                                  shown_params(records, labels)), refresh=True)
+
+    try:
+        while True:
+            accepting = timeout is None or time.monotonic() - t_start <= timeout
+            while accepting and len(running) < pool.n_jobs and len(records) + len(running) < max_evals:
+                start_trial()
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: running[f]["tid"]):
+                commit(future)
     finally:
         if bar is not None:
             bar.close()
+        if folder is not None:
+            from catdog_features.task_arrays import remove_task_folder
+
+            remove_task_folder(folder)
+    records.sort(key=lambda r: r["tid"])
     timings["concat_builds"] = concat.builds
     return {"trials": records, "timings": timings}
+
+
+def _done(value):
+    from concurrent.futures import Future
+
+    future: Future = Future()
+    future.set_result(value)
+    return future
