@@ -212,3 +212,14 @@ def test_cache_verify_and_compact_keep_feature_maps_bit_identical(images, tmp_pa
     after, report = extract_with_report(files, **kw)
     assert report.backbones["ResNet50"].computed == 0
     assert after["ResNet50"].dtype == np.float16 and np.array_equal(after["ResNet50"], before["ResNet50"])
+
+
+def test_split_with_several_views_caches_a_map_per_view(images, tmp_path):
+    fs, report = extract_with_report(images, backbones=("ResNet50",), cache_dir=tmp_path, weights=None, image_size=32,
+                                     batch_size=4, progress=False, split="default", views=["plain", "hflip"])
+    plain, flipped = fs.view("plain")["ResNet50"], fs.view("hflip")["ResNet50"]
+    assert plain.shape == flipped.shape == (4, 1, 1, 2048) and plain.dtype == flipped.dtype == np.float16
+    assert not np.array_equal(plain, flipped)
+    assert report.backbones["ResNet50"].row_shape == (1, 1, 2048)
+    assert {p.name.split("-at-")[0] for p in tmp_path.iterdir() if "-at-" in p.name} == {"ResNet50-32-plain",
+                                                                                          "ResNet50-32-hflip"}
