@@ -223,3 +223,21 @@ def test_split_with_several_views_caches_a_map_per_view(images, tmp_path):
     assert report.backbones["ResNet50"].row_shape == (1, 1, 2048)
     assert {p.name.split("-at-")[0] for p in tmp_path.iterdir() if "-at-" in p.name} == {"ResNet50-32-plain",
                                                                                           "ResNet50-32-hflip"}
+
+
+def test_run_extract_stage_with_split_caches_the_maps_too(images, tmp_path):
+    from catdog_features.run.config import parse_config
+    from catdog_features.run.pipeline import extract_stage
+    from catdog_features.run.rundir import RunDir
+
+    raw = {"data": {"train": str(images)},
+           "extract": {"backbones": ["ResNet50"], "weights": "none", "image_size": 32, "batch_size": 4,
+                       "cache_dir": str(tmp_path / "store"), "split": "default"},
+           "output": {"dir": str(tmp_path / "run")}}
+    config = parse_config(raw, tmp_path)
+    lines = []
+    train, _test = extract_stage(RunDir(tmp_path / "run"), config, progress=False, log=lines.append)
+    assert train["ResNet50"].shape == (4, 2048)  # the sweep still gets pooled vectors
+    folders = sorted(p.name for p in (tmp_path / "store").iterdir() if p.is_dir())
+    assert len(folders) == 2 and any("-at-conv5_block2_out-" in f for f in folders)
+    assert any("feature maps at split 'default'" in line for line in lines)
