@@ -126,3 +126,16 @@ def test_topblock_member_in_fit_oof_on_cached_maps(tmp_path):
     fold1 = load_head(find_saved_head(tmp_path / "top" / "fold1"))
     held_out = np.flatnonzero(oof.folds == 1)
     np.testing.assert_allclose(fold1.predict_proba(X[held_out]), oof.oof["top"][held_out], rtol=1e-6)
+
+
+def test_topblock_member_in_parallel_fit_oof_matches_the_inline_one():
+    from catdog_features.ensemble.oof import fit_oof
+
+    X, y = _maps(24, seed=4)
+    fs = FeatureSet(ids=np.array([f"i{k}" for k in range(24)]), labels=y, class_names=("cat", "dog"),
+                    features={"ResNet50": X})
+    member = {"name": "top", "params": {"head": "topblock", **FAST, "epochs": 1}, "backbones": ["ResNet50"]}
+    inline = fit_oof([member], fs, folds=2, random_state=0, progress=False)
+    parallel = fit_oof([member], fs, folds=2, random_state=0, progress=False, n_jobs=2)  # worker processes
+    # other thread counts change the order of float32 sums in the convolutions: equal to rounding
+    np.testing.assert_allclose(parallel.oof["top"], inline.oof["top"], atol=1e-5)
