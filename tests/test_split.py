@@ -241,3 +241,12 @@ def test_run_extract_stage_with_split_caches_the_maps_too(images, tmp_path):
     folders = sorted(p.name for p in (tmp_path / "store").iterdir() if p.is_dir())
     assert len(folders) == 2 and any("-at-conv5_block2_out-" in f for f in folders)
     assert any("feature maps at split 'default'" in line for line in lines)
+
+
+def test_featureset_of_maps_reports_values_per_row():
+    from catdog_features.features.featureset import FeatureSet
+
+    fs = FeatureSet(ids=np.array(["a", "b"]), labels=None, class_names=(), features={
+        "ResNet50": np.zeros((2, 7, 7, 2048), np.float16), "VGG16": np.zeros((2, 512), np.float32)})
+    assert fs.dims == {"ResNet50": 7 * 7 * 2048, "VGG16": 512}
+    assert "ResNet50=7x7x2048, VGG16=512" in repr(fs)
