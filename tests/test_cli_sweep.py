@@ -87,6 +87,9 @@ def test_sweep_help_does_not_import_tensorflow():
     (["--epochs", "0"], "integer >= 1"),
     (["--max-evals", "0"], "--max-evals: expected an integer >= 1, received '0'"),  # issue 11: run failed later
     (["--space", "fancy"], "invalid choice: 'fancy'"),
+    (["--jobs", "0"], "--jobs: expected an int >= 1, or -1 for one per core, received '0'"),
+    (["--jobs", "two"], "--jobs: expected an int >= 1, or -1 for one per core, received 'two'"),
+    (["--distributor", "yarn"], "invalid choice: 'yarn'"),
 ])
 def test_sweep_command_rejects_bad_options(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):

@@ -34,6 +34,12 @@ def with_(section, key, value):
     (with_("ensemble", "method", "vote"), "[ensemble] method: received 'vote'; expected one of auto, blend, stack, mean"),
     (with_("ensemble", "clip", "best"), "[ensemble] clip: received 'best'; expected \"auto\" or a number"),
     (with_("ensemble", "clip", 0.6), "[ensemble] clip: received 0.6"),
+    (with_("distributed", "distributor", "yarn"), "[distributed] distributor: received 'yarn'; expected one of local, spark"),
+    (with_("distributed", "jobs", 0), "[distributed] jobs: received 0; expected an integer >= 1 (or -1: one per core)"),
+    (with_("distributed", "jobs", True), "[distributed] jobs: received True"),
+    (with_("distributed", "master", 7077), "[distributed] master: received 7077; expected a Spark master URL"),
+    (with_("distributed", "partitions", -1), "[distributed] partitions: received -1"),
+    (with_("distributed", "workers", 2), "[distributed] workers: unknown key; expected one of distributor, master, jobs"),
     (with_("extract", "backbones", ["ResNet51"]), "[extract] backbones: Unknown backbone. Received: backbone='ResNet51'"),
     (with_("extract", "backbones", []), "[extract] backbones: received []"),
     (with_("extract", "image_size", -3), "[extract] image_size: received -3"),
@@ -75,6 +81,8 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.sweep.space_preset == "default" and config.sweep.early_stopping is None
     assert (config.ensemble.folds, config.ensemble.top_k, config.ensemble.method, config.ensemble.clip) == (5, 5, "auto", "auto")
     assert config.output.dir == base / "runs" / "exp"
+    assert (config.distributed.distributor, config.distributed.master, config.distributed.jobs,
+            config.distributed.partitions) == ("local", None, 1, None)
     assert config.to_dict()["data"]["train"] == str(base / "data" / "train")
 
 

@@ -266,9 +266,10 @@ def test_ensemble_command_is_the_pipeline_with_the_same_manifest_shape(binary_ru
     assert (by_run["command"], by_ensemble["command"]) == ("run", "ensemble")
     assert set(by_run) == set(by_ensemble)
     config_run, config_ens = by_run["config"], by_ensemble["config"]
-    assert set(config_run) == set(config_ens) == {"data", "extract", "sweep", "ensemble", "output", "source"}
+    assert set(config_run) == set(config_ens) == {"data", "extract", "sweep", "ensemble", "distributed", "output",
+                                                  "source"}
     assert config_ens["sweep"] is None and config_ens["source"] is None  # trials from --trials, no config file
-    for section in ("data", "extract", "ensemble", "output"):
+    for section in ("data", "extract", "ensemble", "distributed", "output"):
         assert set(config_run[section]) == set(config_ens[section]), section
     assert config_ens["extract"]["weights"] == config_run["extract"]["weights"] == "none"
     assert config_ens["extract"]["image_size"] == 32 and config_ens["ensemble"]["folds"] == 2
@@ -393,3 +394,60 @@ def test_backbone_records_come_from_the_extraction_reports():
     # nothing computed in this run: the speed measured when the features were computed is kept;
     # a store that reports no size gives None (the report shows n/a)
     assert records["ResNet50"]["images_per_s"] == 55.0 and records["ResNet50"]["store_bytes"] is None
+
+
+def test_ensemble_command_with_jobs_gives_the_runs_oof_predictions(binary_run, tmp_path, capsys):
+    """Fold fits in two worker processes: the run's sequential OOF and test predictions, to float32
+    rounding (TensorFlow's reductions split differently with one thread per worker than with two
+    in one process; NumPy-step heads are bit-identical, see test_parallel)."""
+    from catdog_features.ensemble import OOFPredictions
+
+    out = binary_run["out"]
+    assert run_cli("ensemble", "--data", binary_run["data"] / "train", "--test", binary_run["data"] / "test",
+                   "--trials", out / "trials.sqlite", "--out", tmp_path / "ens", "--cache", binary_run["root"] / "cache",
+                   "--weights", "none", "--image-size", 32, "--top-k", 2, "--folds", 3, "--jobs", 2,
+                   "--no-progress") == 0
+    capsys.readouterr()
+    ours, theirs = OOFPredictions.load(tmp_path / "ens" / "oof.h5"), OOFPredictions.load(out / "oof.h5")
+    assert ours.member_names == theirs.member_names
+    for name in ours.member_names:
+        np.testing.assert_allclose(ours.oof[name], theirs.oof[name], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(ours.test[name], theirs.test[name], rtol=1e-4, atol=1e-6)
+    manifest = json.loads((tmp_path / "ens" / "manifest.json").read_text())
+    assert manifest["config"]["distributed"] == {"distributor": "local", "master": None, "jobs": 2, "partitions": None}
+
+
+def test_run_applies_the_distributed_section_to_every_stage(tmp_path, monkeypatch):
+    """`[distributed]` reaches the extraction, the sweep and the fold fits (recorded, then run for real)."""
+    import catdog_features.ensemble.oof as oof_module
+    import catdog_features.features.extract as extract_module
+    import catdog_features.search.tpe as tpe_module
+
+    seen = []
+
+    def spy(module, name, keys):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            seen.append((name, {k: kwargs.get(k) for k in keys}))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    spy(extract_module, "extract_with_report", ("distributor", "spark_master", "partitions"))
+    spy(tpe_module, "sweep", ("n_jobs", "distributor", "spark_master"))
+    spy(oof_module, "fit_oof", ("n_jobs", "distributor", "spark_master"))
+    monkeypatch.setattr("catdog_features.search.sweep", tpe_module.sweep)
+    monkeypatch.setattr("catdog_features.ensemble.fit_oof", oof_module.fit_oof)
+    data = make_dataset(tmp_path / "data", n_per_class=8, n_test=0, layout="kaggle", size=40, seed=2)
+    argv = ["run", TINY, *sets(data__train=data / "train", data__test="", output__dir=tmp_path / "run",
+                               extract__cache_dir=tmp_path / "cache", distributed__jobs=2,
+                               distributed__partitions=3), "--no-progress"]
+    for item in FAST:
+        argv += ["--set", item]
+    assert run_cli(*argv) == 0
+    stages = dict(seen)
+    assert stages["extract_with_report"] == {"distributor": "local", "spark_master": None, "partitions": 3}
+    assert stages["sweep"] == {"n_jobs": 2, "distributor": "local", "spark_master": None}
+    assert stages["fit_oof"] == {"n_jobs": 2, "distributor": "local", "spark_master": None}
+    assert len(json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["distributed"]) == 4

@@ -68,3 +68,22 @@ def views(text):
         return parse_views(text, default=())
     except ViewError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def jobs(text):
+    """``--jobs``: an int >= 1, or -1 (one per core)."""
+    return _converted(text, int, lambda v: None if v == -1 or not _checks.expect_int(v, 1)
+                      else "an int >= 1, or -1 for one per core")
+
+
+def add_parallel_arguments(parser, what: str) -> None:
+    """``--jobs``, ``--distributor``, ``--spark-master`` of the stage-2 commands."""
+    parser.add_argument("--jobs", type=jobs, default=1, metavar="N",
+                        help=f"{what} at once: worker processes (local) or concurrent Spark tasks; "
+                        "-1: one per core (default: %(default)s)")
+    parser.add_argument("--distributor", choices=("local", "spark"), default="local",
+                        help=f"local: worker processes on this machine; spark: each of the {what} is a Spark task "
+                        "(features are read by path: keep the trials/run folder on shared storage) "
+                        "(default: %(default)s)")
+    parser.add_argument("--spark-master", default=None, metavar="URL",
+                        help="Spark master when no SparkSession is active, e.g. spark://host:7077 (default: local[*])")

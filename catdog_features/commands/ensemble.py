@@ -13,13 +13,16 @@ DESCRIPTION = (
     "folder and manifest as `run`); then use `catdog-features submit --run OUT` or `predict --run OUT`."
 )
 
+from catdog_features.commands import _argtypes
+
 #: argument -> (config section, key): the run config this command's arguments make.
 _CONFIG_KEYS = {
     "data": ("data", "train"), "labels_csv": ("data", "labels_csv"), "test": ("data", "test"),
     "cache": ("extract", "cache_dir"), "weights": ("extract", "weights"), "image_size": ("extract", "image_size"),
     "batch_size": ("extract", "batch_size"), "top_k": ("ensemble", "top_k"), "folds": ("ensemble", "folds"),
     "method": ("ensemble", "method"), "clip": ("ensemble", "clip"), "seed": ("ensemble", "seed"),
-    "out": ("output", "dir"),
+    "out": ("output", "dir"), "jobs": ("distributed", "jobs"), "distributor": ("distributed", "distributor"),
+    "spark_master": ("distributed", "master"),
 }
 
 
@@ -39,6 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", default="auto", choices=("auto", "blend", "stack", "mean"))
     parser.add_argument("--clip", default="auto", metavar="EPS", help="auto (chosen on OOF) or a number such as 0.005")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
+    _argtypes.add_parallel_arguments(parser, "fold fits")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -50,7 +54,8 @@ def config_from_args(args, backbones):
 
     from catdog_features.run.config import parse_config
 
-    raw = {"data": {}, "extract": {"backbones": list(backbones)}, "ensemble": {}, "output": {"report": False}}
+    raw = {"data": {}, "extract": {"backbones": list(backbones)}, "ensemble": {}, "distributed": {},
+           "output": {"report": False}}
     explicit = {}
     for arg, (section, key) in _CONFIG_KEYS.items():
         value = getattr(args, arg)

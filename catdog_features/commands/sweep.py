@@ -65,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="early-stopping patience of dense heads (default: the space's: 20, reference 8)")
     parser.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds")
     parser.add_argument("--new", action="store_true", help="move an existing trials file aside and start a new sweep")
+    _argtypes.add_parallel_arguments(parser, "trials")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -121,6 +122,7 @@ def run(args) -> int:
         cv=args.cv, validation_split=args.validation_split,
         early_stopping=None if args.early_stopping == "auto" else args.early_stopping, random_state=args.seed,
         head_params=head_params or None, progress=not args.quiet, timeout=args.timeout, new=args.new,
+        n_jobs=args.jobs, distributor=args.distributor, spark_master=args.spark_master,
     )
     if args.quiet:
         print(result.format_table())

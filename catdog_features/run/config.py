@@ -43,6 +43,12 @@ key; expected one of max_evals, search_backbones, ...``.
     prediction, kept per member only where it lowers the OOF log loss (e.g. ``["plain",
     "hflip"]``); *extra*: ``seed`` (0) of the folds. ``train_views`` and ``tta`` must be
     among ``[extract] views``.
+``[distributed]``
+    ``distributor`` (``"local"`` | ``"spark"``), ``master`` (``""``: the active
+    SparkSession, else ``local[*]``; e.g. ``"spark://host:7077"``), ``jobs`` (1; -1 = one per
+    core, or the cluster's parallelism with Spark): trials of the sweep and fold fits of the
+    ensemble at once, ``partitions`` (0 = twice the cluster's parallelism): Spark tasks of
+    the extraction. Applied to every stage of ``catdog-features run``.
 ``[output]``
     ``dir`` (default ``runs/<config file stem>``): the run folder (see :mod:`catdog_features.run.rundir`);
     *extra*: ``report`` (true): write the report at the end; ``allow_outside`` (false).
@@ -146,6 +152,14 @@ class EnsembleConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    distributor: str = "local"
+    master: Optional[str] = None
+    jobs: int = 1
+    partitions: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: Path
     report: bool = True
@@ -166,13 +180,14 @@ class RunConfig:
     ensemble: EnsembleConfig
     output: OutputConfig
     source: Optional[Path] = None  # the TOML file it came from
+    distributed: DistributedConfig = DistributedConfig()
 
     def to_dict(self) -> dict:
         """JSON-able form (paths as strings, None kept): the run manifest's ``config``."""
         out = {name: None if getattr(self, name) is None else _plain(asdict(getattr(self, name)))
-               for name in ("data", "sweep", "ensemble", "output")}
+               for name in ("data", "sweep", "ensemble", "distributed", "output")}
         out["extract"] = self.extract.to_dict()
-        return {k: out[k] for k in ("data", "extract", "sweep", "ensemble", "output")} | {
+        return {k: out[k] for k in ("data", "extract", "sweep", "ensemble", "distributed", "output")} | {
             "source": None if self.source is None else str(self.source)
         }
 
@@ -269,6 +284,26 @@ def to_hyperopt(space: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- schema
+def _distributor(value):
+    from catdog_features.distributed import DISTRIBUTORS
+
+    if value not in DISTRIBUTORS:
+        raise _Bad(f"received {value!r}; expected one of {', '.join(DISTRIBUTORS)}")
+    return value
+
+
+def _master(value):
+    if not isinstance(value, str):
+        raise _Bad(f"received {value!r}; expected a Spark master URL such as \"spark://host:7077\" or \"local[4]\"")
+    return value or None
+
+
+def _jobs(value):
+    if value != -1:
+        _int(value, 1, " (or -1: one per core)")
+    return value
+
+
 def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
     """section -> key -> (validator(value), default or _REQUIRED)."""
     backbones = raw.get("extract", {}).get("backbones", list(DEFAULT_BACKBONES))
@@ -314,6 +349,12 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "seed": (lambda v: _int(v, 0, maximum=MAX_SEED), 0),
             "tta": (_views, ()),
         },
+        "distributed": {
+            "distributor": (_distributor, "local"),
+            "master": (_master, None),
+            "jobs": (_jobs, 1),
+            "partitions": (lambda v: _int(v, 0, " (0: twice the cluster's parallelism)") or None, None),
+        },
         "output": {
             "dir": (lambda v: _path(v, base), None),
             "report": (_bool, True),
@@ -323,7 +364,8 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
 
 
 _REQUIRED = object()
-_CLASSES = {"data": DataConfig, "extract": ExtractConfig, "sweep": SweepConfig, "ensemble": EnsembleConfig, "output": OutputConfig}
+_CLASSES = {"data": DataConfig, "extract": ExtractConfig, "sweep": SweepConfig, "ensemble": EnsembleConfig,
+            "distributed": DistributedConfig, "output": OutputConfig}
 #: The folders a run writes into: (section, key); each section's ``allow_outside`` lifts the check.
 WRITE_PATHS = (("output", "dir"), ("extract", "cache_dir"))
 

@@ -101,17 +101,20 @@ def extract_stage(run: RunDir, config, *, progress: bool = True, log: Log = prin
     extract = config.extract
     log(f"[1/5] features: {', '.join(extract.backbones)} (cache {extract.cache_dir})"
         + (f", views {format_views(extract.views)}" if tuple(extract.views) != ("plain",) else ""))
-    train, train_report = load_features(config.data.train, extract, labels_csv=config.data.labels_csv, progress=progress)
+    dist = config.distributed
+    train, train_report = load_features(config.data.train, extract, labels_csv=config.data.labels_csv, progress=progress,
+                                        distributed=dist)
     if train.labels is None:
         raise ValueError(f"[data] train: no labels found in {str(config.data.train)!r}; expected a labelled layout "
                          "(cat.N.jpg/dog.N.jpg, one folder per class, or a labels.csv).")
-    test, test_report = (load_features(config.data.test, extract, progress=progress) if config.data.test
+    test, test_report = (load_features(config.data.test, extract, progress=progress, distributed=dist) if config.data.test
                          else (None, None))
     if extract.split:  # the maps a TopBlockHead trains on, cached next to the vectors
         log(f"      feature maps at split {extract.split!r} (float16)")
         for folder, labels_csv in ((config.data.train, config.data.labels_csv), (config.data.test, None)):
             if folder:
-                load_features(folder, extract, labels_csv=labels_csv, progress=progress, split=extract.split)
+                load_features(folder, extract, labels_csv=labels_csv, progress=progress, split=extract.split,
+                              distributed=dist)
     if train.failed:
         run.add_note(f"{len(train.failed)} training image(s) could not be read and were left out")
         log(f"warning: {len(train.failed)} training image(s) could not be read and were left out, e.g. {train.failed[0]}")
@@ -143,8 +146,8 @@ def build_space(backbones: Sequence[str], search_backbones: bool, overrides: Opt
 
 
 def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, progress: bool = True,
-              log: Callable[[str], None] = print):
-    """Run (or resume, or find finished) the sweep of a run config."""
+              log: Callable[[str], None] = print, distributed=None):
+    """Run (or resume, or find finished) the sweep of a run config (``distributed``: where its trials run)."""
     from catdog_features.search import SweepMismatchError, sweep
 
     preset, early = sweep_config.space_preset, sweep_config.early_stopping
@@ -161,6 +164,7 @@ def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, pro
         head_params=sweep_config.head_params(),
         progress=progress,
         train_views=list(sweep_config.train_views) or None,
+        **_parallel(distributed),
     )
     try:
         return sweep(train, **kwargs), False
@@ -170,11 +174,19 @@ def run_sweep(train, sweep_config, backbones: Sequence[str], trials_path, *, pro
         return sweep(train, **kwargs, new=True), True
 
 
+def _parallel(distributed) -> Dict[str, Any]:
+    """The ``n_jobs`` / ``distributor`` / ``spark_master`` arguments of a ``[distributed]`` section."""
+    if distributed is None:
+        return {}
+    return {"n_jobs": distributed.jobs, "distributor": distributed.distributor, "spark_master": distributed.master}
+
+
 def sweep_stage(run: RunDir, config, train, *, progress: bool = True, log: Log = print):
     """The TPE sweep of ``[sweep]`` into ``RUN_DIR/trials.sqlite``; returns the SweepResult."""
     t0 = time.perf_counter()
     log(f"[2/5] sweep: {config.sweep.max_evals} evaluations, trials in {run.trials}")
-    result, restarted = run_sweep(train, config.sweep, config.extract.backbones, run.trials, progress=progress, log=log)
+    result, restarted = run_sweep(train, config.sweep, config.extract.backbones, run.trials, progress=progress, log=log,
+                                    distributed=config.distributed)
     if restarted:
         run.add_note("the trials file belonged to different sweep settings; it was moved aside and the sweep restarted")
     n_new = int(result.timings.get("n_new", 0))
@@ -222,7 +234,8 @@ def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> D
                                                                   X, n_classes), test, m) for m in members}
 
 
-def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, log: Log, train_views=()):
+def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, log: Log, train_views=(),
+                     distributed=None):
     """``(OOFPredictions, status)``: reused, test re-predicted by the saved fold models, or fitted."""
     from catdog_features.ensemble import OOFPredictions, fit_oof, make_folds, oof_key, read_oof_key
     from catdog_features.ensemble.oof import views_extra
@@ -254,7 +267,7 @@ def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, 
     if run.models.exists():
         shutil.rmtree(run.models)  # fold models of other member configs would be stale
     oof = fit_oof(members, train, test, folds=ens.folds, random_state=ens.seed, models_dir=run.models, progress=progress,
-                  train_views=train_views or None, tta=tta or None)
+                  train_views=train_views or None, tta=tta or None, **_parallel(distributed))
     return oof, "done"
 
 
@@ -291,7 +304,8 @@ def ensemble_stage(run: RunDir, config, members, train, test, *, progress: bool 
     log(f"[3/5] ensemble: {len(members)} member(s) x {ens.folds} folds, method={ens.method}, clip={ens.clip}")
     start = time.perf_counter()
     oof, status = _oof_predictions(run, members, train, test, ens, progress=progress, log=log,
-                                   train_views=tuple(getattr(config.sweep, "train_views", ()) or ()))
+                                   train_views=tuple(getattr(config.sweep, "train_views", ()) or ()),
+                                   distributed=config.distributed)
     result = fit_ensemblers(oof, method=ens.method, clip=ens.clip, random_state=ens.seed)
     save_chosen_oof(oof, result, run.oof)
     n_folds = int(oof.info.get("folds", ens.folds))
