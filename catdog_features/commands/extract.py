@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", type=_argtypes.views, default=None, metavar="LIST",
                         help="several views in one pass, each image decoded once, e.g. plain,hflip,aug:0-7 "
                         "(ranges expand); each view is its own extractor in the store")
+    parser.add_argument("--split", default=None, metavar="LAYER",
+                        help="cache feature maps (float16, one chunk per image) at this layer instead of pooled "
+                        "vectors, for a TopBlockHead: a layer name, LAYER:input, or 'default' (the input of the "
+                        "backbone's last block: ResNet50, InceptionV3, Xception); its own extractor in the store")
     parser.add_argument("--workers", type=_argtypes.positive_int, default=None, metavar="N",
                         help="image decoding threads (default: number of CPUs)")
     parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -90,7 +94,9 @@ def format_summary(report, data) -> str:
             what = f"cache hit (all {report.n_contents} contents in the store)"
         else:
             what = f"computed {b.computed} ({_fmt_rate(b.images_per_s)} in the model), {b.found} from the store"
-        lines.append(f"  {name:<{width}}  {b.image_size}px  dim {b.dim}  {what}")
+        layout = (f"map {' x '.join(map(str, b.row_shape))} float16 at {b.split}"
+                  if getattr(b, "split", None) and b.row_shape else f"dim {b.dim}")
+        lines.append(f"  {name:<{width}}  {b.image_size}px  {layout}  {what}")
         lines.append(f"  {'':<{width}}  -> {b.cache_file}")
     if report.processed:
         lines.append(
@@ -106,12 +112,13 @@ def run(args) -> int:
     import warnings
 
     from catdog_features.features.extract import FeatureWarning, extract_with_report
+    from catdog_features.features.split import SpatialSizeWarning
     from catdog_features.features.store import CacheWarning
 
     original = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (CacheWarning, FeatureWarning)):  # ours: one plain line, no source location
+        if issubclass(category, (CacheWarning, FeatureWarning, SpatialSizeWarning)):  # ours: one plain line, no source location
             print(f"catdog-features extract: warning: {message}", file=sys.stderr)
         else:
             original(message, category, filename, lineno, file, line)
@@ -131,6 +138,7 @@ def run(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always", CacheWarning)
         warnings.simplefilter("always", FeatureWarning)
+        warnings.simplefilter("always", SpatialSizeWarning)
         warnings.showwarning = show  # restored by catch_warnings
         _fs, report = extract_with_report(
             args.data,
@@ -149,6 +157,7 @@ def run(args) -> int:
             distributor=args.distributor,
             spark_master=args.spark_master,
             partitions=args.partitions,
+            split=args.split,
             on_message=status,
         )
     print(format_summary(report, args.data))

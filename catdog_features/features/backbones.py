@@ -81,6 +81,11 @@ class BackboneSpec:
         URL's last part.
     weights_sizes : tuple of int
         Input sizes with their own weights file; other sizes load the native size's.
+    default_split : str
+        Where ``split="default"`` cuts the backbone for a spatial cache and a
+        :class:`~catdog_features.heads.TopBlockHead`: the input of its last block, as a layer
+        name (its output) or ``"LAYER:input"`` (see :mod:`catdog_features.features.split`);
+        ``""``: no default.
     """
 
     name: str
@@ -94,6 +99,7 @@ class BackboneSpec:
     pooling: str = "avg"
     weights_file: str = ""
     weights_sizes: Tuple[int, ...] = ()
+    default_split: str = ""
 
     def _module(self):
         return importlib.import_module(f"keras.applications.{self.module}")
@@ -198,16 +204,17 @@ _TFK = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
 _SPECS = (
     BackboneSpec("VGG16", "vgg16", "VGG16", 224, 512, "caffe", _KA + "vgg16/vgg16" + _TFK),
     BackboneSpec("VGG19", "vgg19", "VGG19", 224, 512, "caffe", _KA + "vgg19/vgg19" + _TFK),
-    BackboneSpec("ResNet50", "resnet50", "ResNet50", 224, 2048, "caffe", _KA + "resnet/resnet50" + _TFK),
+    BackboneSpec("ResNet50", "resnet50", "ResNet50", 224, 2048, "caffe", _KA + "resnet/resnet50" + _TFK,
+                 default_split="conv5_block2_out"),
     BackboneSpec("ResNet101", "resnet", "ResNet101", 224, 2048, "caffe", _KA + "resnet/resnet101" + _TFK),
     BackboneSpec("ResNet152", "resnet", "ResNet152", 224, 2048, "caffe", _KA + "resnet/resnet152" + _TFK),
     BackboneSpec("ResNet50V2", "resnet_v2", "ResNet50V2", 224, 2048, "tf", _KA + "resnet/resnet50v2" + _TFK),
     BackboneSpec("ResNet101V2", "resnet_v2", "ResNet101V2", 224, 2048, "tf", _KA + "resnet/resnet101v2" + _TFK),
     BackboneSpec("ResNet152V2", "resnet_v2", "ResNet152V2", 224, 2048, "tf", _KA + "resnet/resnet152v2" + _TFK),
     BackboneSpec("InceptionV3", "inception_v3", "InceptionV3", 299, 2048, "tf",
-                 _KA + "inception_v3/inception_v3" + _TFK, min_size=75),
+                 _KA + "inception_v3/inception_v3" + _TFK, min_size=75, default_split="mixed9"),
     BackboneSpec("Xception", "xception", "Xception", 299, 2048, "tf", _KA + "xception/xception" + _TFK,
-                 min_size=71),
+                 min_size=71, default_split="block14_sepconv1:input"),
     BackboneSpec("InceptionResNetV2", "inception_resnet_v2", "InceptionResNetV2", 299, 1536, "tf",
                  _KA + "inception_resnet_v2/inception_resnet_v2" + _TFK, min_size=75),
     BackboneSpec("DenseNet121", "densenet", "DenseNet121", 224, 1024, "torch", _KA + "densenet/densenet121" + _TFK),

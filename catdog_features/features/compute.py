@@ -68,6 +68,8 @@ class BackboneReport:
     recovered: object = None
     store_bytes: int = 0
     precision: str = "float32"
+    split: object = None  # the canonical split layer of a spatial extraction, else None
+    row_shape: tuple = ()  # a stored row's shape (known once the model was built)
 
     @property
     def resumed_from(self) -> int:
@@ -79,11 +81,22 @@ class BackboneReport:
         return self.computed / self.model_seconds if self.model_seconds > 0 else None
 
 
+def split_of(config) -> object:
+    """The split layer recorded in an extractor config (None for pooled vectors)."""
+    return (config.get("extra") or {}).get("split")
+
+
 def build_mapper(ex: Extractor, batch_size: int, precision: str, jit_compile: bool):
-    """The compiled model of an extractor (TensorFlow is imported here)."""
+    """The compiled model of an extractor (TensorFlow is imported here); a spatial one for a split."""
     from catdog_features.features.mapper import Mapper
 
-    return Mapper(ex.spec, ex.weights, ex.size, batch_size, precision=precision, jit_compile=jit_compile)
+    kwargs = {"split": split_of(ex.store.config)} if split_of(ex.store.config) else {}
+    return Mapper(ex.spec, ex.weights, ex.size, batch_size, precision=precision, jit_compile=jit_compile, **kwargs)
+
+
+def _row_layout(ex: Extractor, mapper):
+    """``(row_shape, dtype)`` of the rows a mapper writes into an extractor's store."""
+    return tuple(getattr(mapper, "row_shape", (ex.spec.dim,))), ex.store.config.get("dtype", "float32")
 
 
 def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: int, num_workers,
@@ -114,9 +127,9 @@ def run_work(work: Work, extractors: Dict[str, Extractor], mappers, batch_size: 
     with ExitStack() as stack:
         writers = {}
         for name in names:
-            spec = extractors[name].spec
+            shape, dtype = _row_layout(extractors[name], mappers[extractors[name].backbone])
             writers[name] = stack.enter_context(extractors[name].store.new_writer(
-                (spec.dim,), batch_rows=batch_size, name=None if shard_name is None else shard_name(name)))
+                shape, dtype, batch_rows=batch_size, name=None if shard_name is None else shard_name(name)))
         reads = stack.enter_context(closing(read_windows([work.paths[c] for c in order], sizes or [1], windows,
                                                          num_workers=num_workers, views=views)))
         for batch, rb in zip(batches, reads):
@@ -147,13 +160,29 @@ def _one_batch(batch, rb, work, extractors, mappers, writers, batch_size, report
                 rows.append(h)
                 slots.append(slot)
                 picks.append(ok_at[pos])
-        vectors = np.zeros((0, ex.spec.dim), np.float32)
+        shape, dtype = _row_layout(ex, mapper)
+        vectors = np.zeros((0, *shape), np.float32)
         if rows:
             x = np.zeros((batch_size, ex.size, ex.size, 3), np.float32)
             x[slots] = rb.views[ex.view][ex.size][picks]
             t0 = time.perf_counter()
             vectors = mapper(x)[slots]
             reports[name].model_seconds += time.perf_counter() - t0
+            if dtype == "float16":
+                _check_float16(name, vectors, split_of(ex.store.config))
             reports[name].computed += len(rows)
         if rows or fail_h:
             writers[name].append(rows, vectors, fail_h, fail_r)
+
+
+def _check_float16(name, maps, split) -> None:
+    """Refuse maps that float16 cannot hold (they would be stored as inf), naming the remedy."""
+    from catdog_features.features.split import FLOAT16_MAX
+
+    peak = float(np.max(np.abs(maps))) if maps.size else 0.0
+    if peak > FLOAT16_MAX:
+        raise ValueError(
+            f"The {name} feature map at split {split!r} holds values up to {peak:.3g}, beyond float16's range "
+            f"({FLOAT16_MAX:g}); expected maps float16 can store. Choose another split layer (e.g. a block output "
+            "after a normalisation) or other weights."
+        )

@@ -34,9 +34,10 @@ from catdog_features.features.backbones import get_backbone, parse_backbones, re
 from catdog_features.features.datasets import ImageSet, load_dataset
 from catdog_features.features.featureset import FeatureSet
 from catdog_features.features.compute import (  # noqa: F401  (public names of this module too)
-    REASON_CHANGED, TRANSFORMS, BackboneReport, Extractor, build_mapper, hflip, run_work,
+    REASON_CHANGED, TRANSFORMS, BackboneReport, Extractor, build_mapper, hflip, run_work, split_of,
 )
 from catdog_features.features.plan import Work, plan_work
+from catdog_features.features.split import MAP_DTYPE, SpatialSizeWarning, resolve_split, size_warning
 from catdog_features.features.store import DEFAULT_LOCK_TIMEOUT, FeatureStore, RowsLost
 from catdog_features.features.views import parse_views
 
@@ -104,7 +105,7 @@ def extractor_name(backbone: str, view: str, views: Sequence[str]) -> str:
     return backbone if len(views) == 1 else f"{backbone}|{view}"
 
 
-def _extractors(backbones, cache_dir, weights, image_size, views, precision, lock_timeout, on_message):
+def _extractors(backbones, cache_dir, weights, image_size, views, precision, lock_timeout, on_message, split=None):
     names = parse_backbones(backbones)
     views = _resolve_views("plain", views) if isinstance(views, str) or views is None else tuple(views)
     check_choice("precision", precision, PRECISIONS)
@@ -117,7 +118,11 @@ def _extractors(backbones, cache_dir, weights, image_size, views, precision, loc
         for name in names:
             spec = get_backbone(name)
             size = spec.resolve_size(image_size)
-            config = fingerprint.extractor_config(spec, per_weights[name], size, view, precision)
+            layer = resolve_split(spec, split)
+            config = fingerprint.extractor_config(spec, per_weights[name], size, view, precision,
+                                                  extra={"split": layer} if layer else None)
+            if layer:
+                config["dtype"] = MAP_DTYPE  # feature maps are stored in half precision
             key = extractor_name(name, view, views)
             out[key] = Extractor(key, spec, per_weights[name], size, store.extractor(config), view=view, backbone=name)
     return out
@@ -135,7 +140,7 @@ def _prepare(source, labels_csv, extractors) -> _Prepared:
 
 def cache_entries(source=None, backbones: Sequence[str] = DEFAULT_BACKBONES, cache_dir="features_cache",
                   weights="imagenet", image_size: Optional[int] = None, labels_csv=None, view: str = "plain",
-                  precision: str = "float32", views=None) -> Dict[str, Path]:
+                  precision: str = "float32", views=None, split: Optional[str] = None) -> Dict[str, Path]:
     """The store folder each backbone's rows live in (or would), without extracting anything.
 
     Same arguments as :func:`extract_features` (``source`` and ``labels_csv`` are accepted for
@@ -143,7 +148,7 @@ def cache_entries(source=None, backbones: Sequence[str] = DEFAULT_BACKBONES, cac
     does not import TensorFlow. Keys are backbone names, ``backbone|view`` with several views.
     """
     extractors = _extractors(backbones, cache_dir, weights, image_size, _resolve_views(view, views), precision,
-                             DEFAULT_LOCK_TIMEOUT, None)
+                             DEFAULT_LOCK_TIMEOUT, None, split)
     return {name: ex.store.root for name, ex in extractors.items()}
 
 
@@ -166,6 +171,7 @@ def extract_with_report(
     spark_master: Optional[str] = None,
     partitions: Optional[int] = None,
     views=None,
+    split: Optional[str] = None,
     on_message=None,
 ) -> Tuple[FeatureSet, "ExtractionReport"]:
     """Pooled vectors of frozen backbones for a list of images, through the feature store.
@@ -218,13 +224,23 @@ def extract_with_report(
         or ``"plain,hflip,aug:0-7"`` (ranges expand). Each image is decoded once for every view
         and backbone; each (backbone, view) is its own extractor, served from the store on
         later calls.
+    split : str, optional
+        Cache feature maps instead of pooled vectors: the output of the layer of that name
+        (``"LAYER:input"``: its input; ``"default"``: each backbone's
+        ``BackboneSpec.default_split``, the input of its last block). The rows are then
+        float16 arrays ``(h, w, c)``, one HDF5 chunk per image, and the split is part of the
+        extractor key (:mod:`catdog_features.features.split`). A
+        :class:`~catdog_features.features.split.SpatialSizeWarning` comes first when the maps
+        to compute exceed a few GiB. Train a
+        :class:`~catdog_features.heads.TopBlockHead` on them.
     on_message : callable, optional
         Receives short status lines ("waiting for ...").
 
     Returns
     -------
     FeatureSet, ExtractionReport
-        One row per usable image (aligned across backbones and views), unusable images in
+        One row per usable image (aligned across backbones and views; with ``split``,
+        ``fs[name]`` is a float16 array ``(n, h, w, c)``), unusable images in
         ``FeatureSet.failed`` as ``(path, reason)``; the report says per backbone how many
         distinct contents were found in the store and how many were computed. With several
         views the FeatureSet's ``features`` are those of the first view listed, every view is
@@ -238,6 +254,9 @@ def extract_with_report(
         ``weights="imagenet"`` and the download failed (e.g. no internet).
     ValueError, FileNotFoundError
         Bad arguments, unknown backbone, missing or empty folder.
+    SplitError
+        ``split`` names no layer of a backbone (the message lists valid ones), or
+        ``"default"`` for a backbone without a default split.
     StoreWriteError
         The store could not be written (e.g. a full disk); committed rows stay valid.
     """
@@ -250,10 +269,11 @@ def extract_with_report(
         check_int("partitions", partitions, 1)
     spark = {"master": spark_master, "partitions": partitions} if distributor == "spark" else None
     view_list = _resolve_views(view, views)
-    extractors = _extractors(backbones, cache_dir, weights, image_size, view_list, precision, lock_timeout, on_message)
+    extractors = _extractors(backbones, cache_dir, weights, image_size, view_list, precision, lock_timeout, on_message,
+                             split)
     prep = _prepare(source, labels_csv, extractors)
-    reports = {name: BackboneReport(name, ex.size, ex.spec.dim, str(ex.store.root), precision=precision)
-               for name, ex in extractors.items()}
+    reports = {name: BackboneReport(name, ex.size, ex.spec.dim, str(ex.store.root), precision=precision,
+                                    split=split_of(ex.store.config)) for name, ex in extractors.items()}
     contents = list(dict.fromkeys(h for h in prep.hashes if h is not None))
     stats = {"processed": 0, "pass_seconds": 0.0, "pass_cpu": 0.0}
     for attempt in range(6):
@@ -277,6 +297,7 @@ def extract_with_report(
         raise RuntimeError(f"The feature store in {cache_dir} kept losing rows while they were read; run `catdog-features "
                            "cache verify` on it.")
     for name, rep in reports.items():
+        rep.row_shape = extractors[name].store.row_shape
         rep.cache_hit = rep.found == len(contents)
         rep.store_bytes = sum(p.stat().st_size for p in extractors[name].store.shard_paths())
     fs.cache_hits = {name: rep.cache_hit for name, rep in reports.items()}
@@ -313,7 +334,8 @@ def _sum_reports(by_view) -> Dict[str, BackboneReport]:
     for reps in by_view.values():
         for b, r in reps.items():
             if b not in out:
-                out[b] = BackboneReport(b, r.image_size, r.dim, r.cache_file, cache_hit=True, precision=r.precision)
+                out[b] = BackboneReport(b, r.image_size, r.dim, r.cache_file, cache_hit=True, precision=r.precision,
+                                        split=r.split, row_shape=r.row_shape)
             s = out[b]
             s.found += r.found
             s.computed += r.computed
@@ -363,6 +385,7 @@ def _compute(work: Work, prep: _Prepared, batch_size, view, num_workers, progres
         if ex.backbone not in mappers:
             mappers[ex.backbone] = build_mapper(ex, batch_size, precision, jit_compile)
         reports[name].build_seconds = time.perf_counter() - t0
+        _warn_if_large(ex, mappers[ex.backbone], work.for_extractor(name))
     t0, c0 = time.perf_counter(), time.process_time()
     with tqdm(total=len(work), unit="img", desc="extract", disable=not progress, dynamic_ncols=True,
               smoothing=0.1) as bar:
@@ -429,8 +452,9 @@ def _assemble(prep: _Prepared, lookups) -> FeatureSet:
     features = {}
     for name, lk in lookups.items():
         sub = type(lk)(lk.index, lk.hashes[used], lk.pos[used])
-        features[name] = prep.extractors[name].store.read(sub)[take] if len(used) else np.zeros(
-            (0, prep.extractors[name].spec.dim), np.float32)
+        store = prep.extractors[name].store
+        features[name] = store.read(sub)[take] if len(used) else np.zeros(
+            (0, *store.row_shape), store.config.get("dtype", "float32"))
     in_rows = np.zeros(n, bool)
     in_rows[rows] = True
     failed = [(images.paths[p], reason_of[p]) for p in np.flatnonzero(~in_rows)]
@@ -442,6 +466,21 @@ def _assemble(prep: _Prepared, lookups) -> FeatureSet:
         paths=tuple(images.paths[p] for p in rows),
         cache_files={name: str(ex.store.root) for name, ex in prep.extractors.items()},
     )
+
+
+def _warn_if_large(ex: Extractor, mapper, n_images: int) -> None:
+    """A :class:`SpatialSizeWarning` before a spatial extraction estimated above a few GiB."""
+    layer = split_of(ex.store.config)
+    if not layer:
+        return
+    from catdog_features.features.shard import free_bytes
+
+    folder = ex.store.root if ex.store.root.exists() else ex.store.root.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    text = size_warning(ex.name, layer, n_images, mapper.row_shape, ex.size, free=free_bytes(folder))
+    if text:
+        warnings.warn(text, SpatialSizeWarning, stacklevel=4)
 
 
 def _warn_if_constant(fs: FeatureSet) -> None:

@@ -88,7 +88,8 @@ class FeatureSet:
 
     @property
     def dims(self) -> Dict[str, int]:
-        return {name: int(x.shape[1]) for name, x in self.features.items()}
+        """Values per row of each backbone (a feature map ``(h, w, c)`` counts ``h * w * c``)."""
+        return {name: int(np.prod(x.shape[1:])) for name, x in self.features.items()}
 
     def concat(self, backbones: Optional[Sequence[str]] = None, view: Optional[str] = None) -> np.ndarray:
         """Concatenate the vectors of ``backbones`` (default: all, in stored order) column-wise.
@@ -125,7 +126,7 @@ class FeatureSet:
         )
 
     def __repr__(self) -> str:
-        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        dims = ", ".join(f"{k}={'x'.join(map(str, x.shape[1:]))}" for k, x in self.features.items())
         return (
             f"FeatureSet(n={len(self)}, backbones=[{dims}], "
             f"classes={list(self.class_names)}, failed={len(self.failed)}"

@@ -8,7 +8,8 @@
 * An **extractor key** is the SHA-256 of everything that changes a vector except the image:
   the backbone (constructor, preprocessing, pooling: ``spec.identity()``), the weights
   identity (the content hash of a local file), the input size, the view, the precision, the
-  reader's numerics and the TensorFlow / Keras versions (:func:`extractor_config`).
+  reader's numerics, the TensorFlow / Keras versions and, for cached feature maps, the split
+  layer (``extra``) (:func:`extractor_config`).
 """
 
 from __future__ import annotations
@@ -190,9 +191,11 @@ def extractor_key(config: Mapping) -> str:
 
 
 def extractor_dirname(config: Mapping, key: Optional[str] = None) -> str:
-    """``<Backbone>-<size>-<view>[-<precision>]-<key[:16]>``: readable, and unique by the key."""
+    """``<Backbone>-<size>-<view>[-<precision>][-at-<split>]-<key[:16]>``: readable, and unique by the key."""
     key = key or extractor_key(config)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(config.get("name", "backbone")))[:60]
     precision = "" if config.get("precision", "float32") == "float32" else f"-{config['precision']}"
     view = str(config["view"]).replace(":", "_")  # aug:3 -> aug_3 (no colons in folder names)
-    return f"{safe}-{config['image_size']}-{view}{precision}-{key[:16]}"
+    split = (config.get("extra") or {}).get("split")
+    split = "" if not split else "-at-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in str(split))[:40]
+    return f"{safe}-{config['image_size']}-{view}{precision}{split}-{key[:16]}"

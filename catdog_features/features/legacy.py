@@ -78,7 +78,7 @@ def _matches(old: dict, new: dict) -> bool:
     same_backbone = all(backbone.get(k) == ident.get(k) for k in ("module", "constructor", "preprocess", "pooling", "dim"))
     return (same_backbone and backbone.get("name") == new["name"] and old.get("weights") == new["weights"]
             and old.get("image_size") == new["image_size"] and old.get("view") == new["view"]
-            and new["precision"] == "float32" and old.get("reader_version") == reader.READER_VERSION
+            and new["precision"] == "float32" and not new.get("extra") and old.get("reader_version") == reader.READER_VERSION
             and reader.MAX_PIXELS == 80_000_000
             and old.get("tensorflow") == new["tensorflow"] and old.get("keras") == new["keras"])
 

@@ -81,10 +81,14 @@ class Mapper:
         Compute precision of the backbone (see the module notes); see :func:`check_precision`.
     jit_compile : bool
         Compile the forward pass with XLA.
+    split : str, optional
+        A canonical split (:func:`~catdog_features.features.split.resolve_split`): the mapper
+        then returns the feature map at that layer, ``(n, h, w, c)`` float32, instead of the
+        pooled vector. ``row_shape`` says which.
     """
 
     def __init__(self, spec, weights, image_size: int, batch_size: int, precision: str = "float32",
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, split=None):
         import tensorflow as tf
 
         self.spec = spec
@@ -93,6 +97,12 @@ class Mapper:
         self.precision = check_precision(precision)
         self.jit_compile = check_jit_compile(jit_compile)
         self.model = build_model(spec, weights, self.image_size, self.precision)
+        self.split = split
+        if split is not None:
+            from catdog_features.features.split import spatial_model
+
+            self.model = spatial_model(self.model, split, spec.name, getattr(spec, "default_split", ""))
+        self.row_shape = tuple(int(d) for d in self.model.outputs[0].shape[1:]) if split is not None else (spec.dim,)
         signature = [tf.TensorSpec((self.batch_size, self.image_size, self.image_size, 3), tf.float32)]
         # A partial, not a closure: TF counts traces per code object, and one trace per
         # backbone would otherwise add up to a spurious "excessive retracing" warning.
@@ -105,10 +115,10 @@ class Mapper:
         self._fn(tf.zeros((self.batch_size, self.image_size, self.image_size, 3), tf.float32))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Vectors ``(n, dim)`` float32 for ``images`` ``(n, size, size, 3)``, ``n <= batch_size``."""
+        """Vectors ``(n, *row_shape)`` float32 for ``images`` ``(n, size, size, 3)``, ``n <= batch_size``."""
         n = len(images)
         if n == 0:
-            return np.zeros((0, self.spec.dim), np.float32)
+            return np.zeros((0, *self.row_shape), np.float32)
         if n > self.batch_size:
             raise ValueError(f"Received a batch of {n} images; expected at most batch_size={self.batch_size}.")
         x = np.asarray(images, dtype=np.float32)

@@ -90,6 +90,8 @@ def chunk_rows(row_shape: Sequence[int], itemsize: int) -> int:
     HDF5 allocates whole chunks, so small shards (an extraction that added a few images)
     waste at most one chunk per dataset; reads of many rows stay sequential.
     """
+    if len(row_shape) > 1:  # a feature map: one chunk (one checksum) per image, whatever its size
+        return 1
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * itemsize
     return int(max(1, min(1024, (64 << 10) // max(1, row_bytes))))
 

@@ -106,6 +106,7 @@ class ExtractorStore:
         self.lock_timeout = float(lock_timeout)
         self.on_message = on_message
         self._index: Optional[Index] = None
+        self._recorded_shape = None  # a feature map's shape, from extractor.json
 
     # -- paths and creation -------------------------------------------------------------
     @property
@@ -115,19 +116,28 @@ class ExtractorStore:
     def exists(self) -> bool:
         return (self.root / CONFIG_NAME).is_file()
 
-    def ensure(self) -> None:
-        """Create the folder and ``extractor.json`` (first writer wins; a foreign one is refused)."""
+    def ensure(self, row_shape: Optional[Sequence[int]] = None) -> None:
+        """Create the folder and ``extractor.json`` (first writer wins; a foreign one is refused).
+
+        ``row_shape`` is recorded there when the config does not fix it (feature maps: their
+        shape is known once the model is built, and later reads need no model).
+        """
         self.shards_dir.mkdir(parents=True, exist_ok=True)
         path = self.root / CONFIG_NAME
+        record = {"key": self.key, "config": self.config}
+        if row_shape is not None and not self.config.get("row_shape") and tuple(row_shape) != self._pooled_shape():
+            record["row_shape"] = [int(d) for d in row_shape]
         if path.is_file():
             try:
                 stored = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 stored = {}
-            if stored.get("key") == self.key:
+            if stored.get("key") == self.key and ("row_shape" not in record or stored.get("row_shape") is not None):
                 return
-            warnings.warn(f"{path} does not describe this extractor; rewriting it", CacheWarning, stacklevel=3)
-        _io.write_json(path, {"key": self.key, "config": self.config})
+            if stored.get("key") != self.key:
+                warnings.warn(f"{path} does not describe this extractor; rewriting it", CacheWarning, stacklevel=3)
+        _io.write_json(path, record)
+        self._recorded_shape = record.get("row_shape")
 
     def shard_paths(self) -> List[Path]:
         if not self.shards_dir.is_dir():
@@ -142,7 +152,7 @@ class ExtractorStore:
         until :meth:`publish` gives the sealed shard its final name (Spark tasks do this, so a
         retried or speculative task either publishes its whole shard or nothing).
         """
-        self.ensure()
+        self.ensure(row_shape)
         if name is None:
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
             host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:24]
@@ -288,9 +298,21 @@ class ExtractorStore:
                 raise RowsLost(str(exc)) from None
         return out
 
+    def _pooled_shape(self):
+        return (int(self.config["backbone"]["dim"]),)
+
     @property
     def row_shape(self):
-        return tuple(self.config.get("row_shape") or (int(self.config["backbone"]["dim"]),))
+        """A row's shape: the config's, else the one recorded in ``extractor.json`` (maps), else ``(dim,)``."""
+        if self.config.get("row_shape"):
+            return tuple(self.config["row_shape"])
+        if self._recorded_shape is None and (self.config.get("extra") or {}).get("split"):
+            try:
+                self._recorded_shape = json.loads((self.root / CONFIG_NAME).read_text(encoding="utf-8")).get("row_shape")
+            except (OSError, ValueError, AttributeError):
+                self._recorded_shape = None
+        recorded = self._recorded_shape
+        return tuple(int(d) for d in recorded) if recorded else self._pooled_shape()
 
     # -- damage ------------------------------------------------------------------------
     def quarantine(self, path: Path, why: str, rebuild: bool = True) -> None:

@@ -44,6 +44,7 @@ HEAD_KINDS: Dict[str, HeadKind] = {
     for kind in (
         HeadKind("dense", "DenseHead", ".keras", "catdog_features.DenseHead"),
         HeadKind("linear", "LinearHead", ".h5", "catdog_features.LinearHead"),
+        HeadKind("topblock", "TopBlockHead", ".keras", "catdog_features.TopBlockHead"),  # on feature maps
     )
 }
 

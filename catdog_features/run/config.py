@@ -17,7 +17,10 @@ key; expected one of max_evals, search_backbones, ...``.
     (32, at most 4096); ``cache_dir`` ("features_cache"); ``views`` (``["plain"]``): the
     views extracted for the training and test images, e.g. ``["plain", "hflip", "aug:0-7"]``
     (ranges expand; ``plain`` is always included; see :mod:`catdog_features.features.views`);
-    *extra*: ``allow_outside`` (false): see "Where a run may write" below.
+    *extra*: ``allow_outside`` (false): see "Where a run may write" below; ``split`` ("" =
+    none): also cache each backbone's feature maps at that layer (``"default"``: the
+    registry's split, the input of the last block; see ``extract_features(..., split=...)``),
+    for a ``TopBlockHead``.
 ``[sweep]``
     ``max_evals`` (100, >= 1); ``search_backbones`` (true); *extra*: ``space_preset``
     (``"default"``: dense or linear heads, chosen by measurement; ``"reference"``: the
@@ -107,6 +110,7 @@ class ExtractConfig:
     cache_dir: Path = Path("features_cache")
     allow_outside: bool = False
     views: Tuple[str, ...] = ("plain",)
+    split: Optional[str] = None  # also cache feature maps at this layer ("default": the registry's)
 
     def to_dict(self) -> dict:
         """JSON form: weights as written in a config (``"none"``), paths as strings."""
@@ -114,7 +118,7 @@ class ExtractConfig:
 
         return {"backbones": list(self.backbones), "weights": _plain(weights_to_text(self.weights)),
                 "image_size": self.image_size, "batch_size": self.batch_size, "cache_dir": str(self.cache_dir),
-                "allow_outside": self.allow_outside, "views": list(self.views)}
+                "allow_outside": self.allow_outside, "views": list(self.views), "split": self.split}
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,12 @@ def head_param_names() -> Tuple[str, ...]:
 
     names = list(of_kind("dense")) + [n for n in of_kind("linear") if n not in of_kind("dense")]
     return tuple(n for n in names if n not in ("verbose",)) + ("head",)
+
+
+def _split(value):
+    if not isinstance(value, str):
+        raise _Bad(f"received {value!r}; expected a layer name, \"LAYER:input\", \"default\" or \"\" (no split)")
+    return value.strip() or None
 
 
 def _space_preset(value):
@@ -316,6 +326,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "cache_dir": (lambda v: _path(v, base), base / "features_cache"),
             "allow_outside": (_bool, False),
             "views": (lambda v: _views(v, plain_first=True), ("plain",)),
+            "split": (_split, None),
         },
         "sweep": {
             "max_evals": (lambda v: _int(v, 1, maximum=MAX_EVALS), 100),

@@ -109,6 +109,12 @@ def extract_stage(run: RunDir, config, *, progress: bool = True, log: Log = prin
                          "(cat.N.jpg/dog.N.jpg, one folder per class, or a labels.csv).")
     test, test_report = (load_features(config.data.test, extract, progress=progress, distributed=dist) if config.data.test
                          else (None, None))
+    if extract.split:  # the maps a TopBlockHead trains on, cached next to the vectors
+        log(f"      feature maps at split {extract.split!r} (float16)")
+        for folder, labels_csv in ((config.data.train, config.data.labels_csv), (config.data.test, None)):
+            if folder:
+                load_features(folder, extract, labels_csv=labels_csv, progress=progress, split=extract.split,
+                              distributed=dist)
     if train.failed:
         run.add_note(f"{len(train.failed)} training image(s) could not be read and were left out")
         log(f"warning: {len(train.failed)} training image(s) could not be read and were left out, e.g. {train.failed[0]}")

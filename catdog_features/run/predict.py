@@ -23,13 +23,13 @@ class CacheLocationWarning(UserWarning):
 
 
 def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = None, labels_csv=None,
-                  progress: bool = True, distributed=None):
+                  progress: bool = True, distributed=None, split: Optional[str] = None):
     """``(FeatureSet, ExtractionReport)`` of ``source`` with a run's extraction settings.
 
     ``extraction`` is an :class:`~catdog_features.run.config.ExtractConfig`; ``backbones``
     defaults to all of its backbones. The store answers what it already holds;
     ``distributed`` (a :class:`~catdog_features.run.config.DistributedConfig`) says where the
-    missing rows are computed.
+    missing rows are computed. ``split``: feature maps at that layer instead of pooled vectors.
     """
     from catdog_features.features.extract import extract_with_report
 
@@ -48,7 +48,9 @@ def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = No
         batch_size=extraction.batch_size,
         labels_csv=None if labels_csv is None else str(labels_csv),
         progress=progress,
-        views=list(getattr(extraction, "views", None) or ("plain",)),
+        # feature maps: the plain view only (the maps of every augmented view would multiply the store's size)
+        views=["plain"] if split else list(getattr(extraction, "views", None) or ("plain",)),
+        **({"split": split} if split else {}),
         **({} if distributed is None else {"distributor": distributed.distributor,
                                            "spark_master": distributed.master, "partitions": distributed.partitions}),
     )
