@@ -34,6 +34,7 @@ def with_(section, key, value):
     (with_("ensemble", "method", "vote"), "[ensemble] method: received 'vote'; expected one of auto, blend, stack, mean"),
     (with_("ensemble", "clip", "best"), "[ensemble] clip: received 'best'; expected \"auto\" or a number"),
     (with_("ensemble", "clip", 0.6), "[ensemble] clip: received 0.6"),
+    (with_("extract", "precision", "fp8"), "[extract] precision: received 'fp8'; expected one of float32, bfloat16, float16"),
     (with_("distributed", "distributor", "yarn"), "[distributed] distributor: received 'yarn'; expected one of local, spark"),
     (with_("distributed", "jobs", 0), "[distributed] jobs: received 0; expected an integer >= 1 (or -1: one per core)"),
     (with_("distributed", "jobs", True), "[distributed] jobs: received True"),
@@ -81,6 +82,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.sweep.space_preset == "default" and config.sweep.early_stopping is None
     assert (config.ensemble.folds, config.ensemble.top_k, config.ensemble.method, config.ensemble.clip) == (5, 5, "auto", "auto")
     assert config.output.dir == base / "runs" / "exp"
+    assert config.extract.precision == "float32"
     assert (config.distributed.distributor, config.distributed.master, config.distributed.jobs,
             config.distributed.partitions) == ("local", None, 1, None)
     assert config.to_dict()["data"]["train"] == str(base / "data" / "train")

@@ -434,7 +434,7 @@ def test_run_applies_the_distributed_section_to_every_stage(tmp_path, monkeypatc
 
         monkeypatch.setattr(module, name, wrapper)
 
-    spy(extract_module, "extract_with_report", ("distributor", "spark_master", "partitions"))
+    spy(extract_module, "extract_with_report", ("distributor", "spark_master", "partitions", "precision"))
     spy(tpe_module, "sweep", ("n_jobs", "distributor", "spark_master"))
     spy(oof_module, "fit_oof", ("n_jobs", "distributor", "spark_master"))
     monkeypatch.setattr("catdog_features.search.sweep", tpe_module.sweep)
@@ -447,7 +447,8 @@ def test_run_applies_the_distributed_section_to_every_stage(tmp_path, monkeypatc
         argv += ["--set", item]
     assert run_cli(*argv) == 0
     stages = dict(seen)
-    assert stages["extract_with_report"] == {"distributor": "local", "spark_master": None, "partitions": 3}
+    assert stages["extract_with_report"] == {"distributor": "local", "spark_master": None, "partitions": 3,
+                                             "precision": "float32"}
     assert stages["sweep"] == {"n_jobs": 2, "distributor": "local", "spark_master": None}
     assert stages["fit_oof"] == {"n_jobs": 2, "distributor": "local", "spark_master": None}
     assert len(json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["distributed"]) == 4

@@ -21,6 +21,8 @@ key; expected one of max_evals, search_backbones, ...``.
     none): also cache each backbone's feature maps at that layer (``"default"``: the
     registry's split, the input of the last block; see ``extract_features(..., split=...)``),
     for a ``TopBlockHead``.
+    ``precision`` (``"float32"`` | ``"bfloat16"`` | ``"float16"``): the backbones' compute
+    precision (a Keras mixed-precision policy; vectors stored float32; its own extractor).
 ``[sweep]``
     ``max_evals`` (100, >= 1); ``search_backbones`` (true); *extra*: ``space_preset``
     (``"default"``: dense or linear heads, chosen by measurement; ``"reference"``: the
@@ -111,6 +113,7 @@ class ExtractConfig:
     allow_outside: bool = False
     views: Tuple[str, ...] = ("plain",)
     split: Optional[str] = None  # also cache feature maps at this layer ("default": the registry's)
+    precision: str = "float32"  # the backbones' compute precision; vectors are stored float32
 
     def to_dict(self) -> dict:
         """JSON form: weights as written in a config (``"none"``), paths as strings."""
@@ -118,7 +121,8 @@ class ExtractConfig:
 
         return {"backbones": list(self.backbones), "weights": _plain(weights_to_text(self.weights)),
                 "image_size": self.image_size, "batch_size": self.batch_size, "cache_dir": str(self.cache_dir),
-                "allow_outside": self.allow_outside, "views": list(self.views), "split": self.split}
+                "allow_outside": self.allow_outside, "views": list(self.views), "split": self.split,
+                "precision": self.precision}
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,14 @@ def to_hyperopt(space: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- schema
+def _precision(value):
+    from catdog_features.features._build import PRECISIONS
+
+    if value not in PRECISIONS:
+        raise _Bad(f"received {value!r}; expected one of {', '.join(PRECISIONS)}")
+    return value
+
+
 def _distributor(value):
     from catdog_features.distributed import DISTRIBUTORS
 
@@ -327,6 +339,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "allow_outside": (_bool, False),
             "views": (lambda v: _views(v, plain_first=True), ("plain",)),
             "split": (_split, None),
+            "precision": (_precision, "float32"),
         },
         "sweep": {
             "max_evals": (lambda v: _int(v, 1, maximum=MAX_EVALS), 100),

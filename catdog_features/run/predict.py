@@ -51,6 +51,7 @@ def load_features(source, extraction, *, backbones: Optional[Sequence[str]] = No
         # feature maps: the plain view only (the maps of every augmented view would multiply the store's size)
         views=["plain"] if split else list(getattr(extraction, "views", None) or ("plain",)),
         **({"split": split} if split else {}),
+        precision=getattr(extraction, "precision", "float32"),
         **({} if distributed is None else {"distributor": distributed.distributor,
                                            "spark_master": distributed.master, "partitions": distributed.partitions}),
     )

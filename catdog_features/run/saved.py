@@ -59,6 +59,7 @@ def extraction_from_dict(data, run: RunDir):
         batch_size=int(data.get("batch_size", 32)),
         cache_dir=run.resolve(data.get("cache_dir", "features_cache")),
         views=tuple(data.get("views") or ("plain",)),
+        precision=str(data.get("precision", "float32")),  # the members were trained on these vectors
     )
 
 
