@@ -452,3 +452,24 @@ def test_run_applies_the_distributed_section_to_every_stage(tmp_path, monkeypatc
     assert stages["sweep"] == {"n_jobs": 2, "distributor": "local", "spark_master": None}
     assert stages["fit_oof"] == {"n_jobs": 2, "distributor": "local", "spark_master": None}
     assert len(json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["distributed"]) == 4
+
+
+def test_run_reproduces_across_a_cache_miss_and_a_cache_hit(binary_run, tmp_path):
+    """Issue 11.5: the binary run extracted into an empty cache; the same config into a new run
+    folder, with the cache now full (no model built), gives the same trials and submission."""
+    import sqlite3
+
+    out = tmp_path / "again"
+    argv = list(binary_run["argv"])
+    argv[argv.index(f"output.dir={binary_run['out']}")] = f"output.dir={out}"
+    with pytest.warns(UserWarning, match="could not be read"):
+        assert run_cli(*argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["extract"]["status"] == "reused"  # the cache hit: no backbone ran
+
+    def losses(path):
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT tid, loss FROM trials ORDER BY tid").fetchall()
+
+    assert losses(out / "trials.sqlite") == losses(binary_run["out"] / "trials.sqlite")
+    assert (out / "submission.csv").read_bytes() == (binary_run["out"] / "submission.csv").read_bytes()
