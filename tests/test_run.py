@@ -473,3 +473,29 @@ def test_run_reproduces_across_a_cache_miss_and_a_cache_hit(binary_run, tmp_path
 
     assert losses(out / "trials.sqlite") == losses(binary_run["out"] / "trials.sqlite")
     assert (out / "submission.csv").read_bytes() == (binary_run["out"] / "submission.csv").read_bytes()
+
+
+def test_run_with_a_split_adds_a_top_block_member_and_predicts_new_images_with_it(tmp_path):
+    """`[extract] split`: the maps are cached as `ResNet50@map` and a TopBlockHead member joins
+    the ensemble next to the heads on vectors; `predict` extracts the maps of new images too."""
+    from catdog_features.ensemble import OOFPredictions
+    from catdog_features.submission import read_probabilities
+
+    data = make_dataset(tmp_path / "data", n_per_class=8, n_test=4, layout="kaggle", size=40, seed=4)
+    out = tmp_path / "run"
+    argv = ["run", TINY, *sets(data__train=data / "train", data__test=data / "test", output__dir=out,
+                               extract__cache_dir=tmp_path / "cache", extract__split="default",
+                               ensemble__top_k=1), "--set", 'extract.backbones=["ResNet50"]', "--no-progress",
+            "--set", "sweep.max_evals=2", "--set", "sweep.epochs=5"]
+    assert run_cli(*argv) == 0
+    saved = json.loads((out / "ensemble.json").read_text())
+    top = [m for m in saved["members"] if m["name"] == "topblock_ResNet50"]
+    assert top and top[0]["backbones"] == ["ResNet50@map"] and top[0]["params"]["head"] == "topblock"
+    oof = OOFPredictions.load(out / "oof.h5")
+    assert "topblock_ResNet50" in oof.member_names and not np.isnan(oof.oof["topblock_ResNet50"]).any()
+    assert len(list((out / "models" / "topblock_ResNet50").glob("fold*.keras"))) == 3
+    assert run_cli("predict", data / "test", "--run", out, "--out", tmp_path / "p.csv", "--no-progress") == 0
+    ids, probs, _ = read_probabilities(tmp_path / "p.csv")
+    ids0, probs0, _ = read_probabilities(out / "test_predictions.csv")
+    assert list(ids) == list(ids0)
+    np.testing.assert_allclose(probs, probs0, atol=1e-6)

@@ -38,6 +38,36 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 WARN_BYTES = 2 * 2**30
 
 
+#: A FeatureSet block of feature maps is named ``<backbone>@map`` next to the backbone's vectors.
+MAP_SUFFIX = "@map"
+
+
+def map_key(backbone: str) -> str:
+    """The FeatureSet name of ``backbone``'s feature-map block."""
+    return f"{backbone}{MAP_SUFFIX}"
+
+
+def map_backbone(name: str) -> Optional[str]:
+    """The backbone of a feature-map block name, or None for a vector block."""
+    return name[: -len(MAP_SUFFIX)] if name.endswith(MAP_SUFFIX) else None
+
+
+def with_maps(features, maps):
+    """``features`` plus the feature maps of ``maps`` (same image list) as ``<backbone>@map`` blocks.
+
+    What lets a TopBlockHead member sit in the same ensemble as dense and linear members:
+    every member names the blocks it reads.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    if not np.array_equal(np.asarray(features.ids), np.asarray(maps.ids)):
+        raise ValueError("Feature maps and vectors of different image lists; expected the same ids in the same order.")
+    extra = {map_key(name): block for name, block in maps.features.items()}
+    return dataclasses.replace(features, features={**features.features, **extra})
+
+
 class SplitError(ValueError):
     """A split names no layer of the backbone, or a layer the top block cannot start from."""
 

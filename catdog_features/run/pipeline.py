@@ -109,12 +109,16 @@ def extract_stage(run: RunDir, config, *, progress: bool = True, log: Log = prin
                          "(cat.N.jpg/dog.N.jpg, one folder per class, or a labels.csv).")
     test, test_report = (load_features(config.data.test, extract, progress=progress, distributed=dist) if config.data.test
                          else (None, None))
-    if extract.split:  # the maps a TopBlockHead trains on, cached next to the vectors
+    if extract.split:  # the maps a TopBlockHead member trains on, as `<backbone>@map` blocks
+        from catdog_features.features.split import with_maps
+
         log(f"      feature maps at split {extract.split!r} (float16)")
-        for folder, labels_csv in ((config.data.train, config.data.labels_csv), (config.data.test, None)):
-            if folder:
-                load_features(folder, extract, labels_csv=labels_csv, progress=progress, split=extract.split,
-                              distributed=dist)
+        maps, _ = load_features(config.data.train, extract, labels_csv=config.data.labels_csv, progress=progress,
+                                split=extract.split, distributed=dist)
+        train = with_maps(train, maps)
+        if test is not None:
+            test = with_maps(test, load_features(config.data.test, extract, progress=progress, split=extract.split,
+                                                 distributed=dist)[0])
     if train.failed:
         run.add_note(f"{len(train.failed)} training image(s) could not be read and were left out")
         log(f"warning: {len(train.failed)} training image(s) could not be read and were left out, e.g. {train.failed[0]}")
@@ -179,6 +183,26 @@ def _parallel(distributed) -> Dict[str, Any]:
     if distributed is None:
         return {}
     return {"n_jobs": distributed.jobs, "distributor": distributed.distributor, "spark_master": distributed.master}
+
+
+def topblock_members(config, train) -> List[dict]:
+    """With ``[extract] split``: one TopBlockHead member per backbone whose maps were cached
+    (the split model: its last block trained on the maps, next to the heads on vectors)."""
+    from catdog_features.features.split import map_backbone
+
+    extract = config.extract
+    if not extract.split:
+        return []
+    out = []
+    for name in train.features:
+        backbone = map_backbone(name)
+        if backbone is None:
+            continue
+        weights = extract.weights.get(backbone, "imagenet") if isinstance(extract.weights, dict) else extract.weights
+        params = {"head": "topblock", "backbone": backbone, "split": extract.split,
+                  "weights": str(weights) if isinstance(weights, Path) else weights, "image_size": extract.image_size}
+        out.append({"name": f"topblock_{backbone}", "params": params, "backbones": [name]})
+    return out
 
 
 def sweep_stage(run: RunDir, config, train, *, progress: bool = True, log: Log = print):
@@ -425,7 +449,7 @@ def run_pipeline(config, *, progress: bool = True, log: Log = print, overrides: 
     log(f"run folder: {run.root}")
     train, test = extract_stage(run, config, progress=progress, log=log)
     result = sweep_stage(run, config, train, progress=progress, log=log)
-    members = members_from_sweep(result, config.ensemble.top_k)
+    members = members_from_sweep(result, config.ensemble.top_k) + topblock_members(config, train)
     ens = ensemble_stage(run, config, members, train, test, progress=progress, log=log)["result"]
     submission_stage(run, config, log=log)
     report_stage(run, config, len(result.trials), log=log)

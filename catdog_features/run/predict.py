@@ -104,7 +104,14 @@ def predict_folder(run_dir, source, *, cache_dir=None, batch_size: Optional[int]
     extraction = dataclasses.replace(saved.extraction, cache_dir=_cache_for(saved, cache_dir))
     if batch_size is not None:
         extraction = dataclasses.replace(extraction, batch_size=int(batch_size))
-    features, _ = load_features(source, extraction, backbones=saved.backbones, progress=progress)
+    from catdog_features.features.split import map_backbone, with_maps
+
+    vectors = [b for b in saved.backbones if map_backbone(b) is None]
+    maps = [map_backbone(b) for b in saved.backbones if map_backbone(b) is not None]
+    features, _ = load_features(source, extraction, backbones=vectors or maps, progress=progress)
+    if maps:  # TopBlockHead members read the feature maps at the run's split
+        features = with_maps(features, load_features(source, extraction, backbones=maps, progress=progress,
+                                                     split=extraction.split)[0])
     probs = saved.predict_features(features)
     return Prediction(np.asarray(features.ids, dtype=str), probs, saved.result.class_names, failure_records(features))
 

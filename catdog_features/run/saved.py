@@ -60,6 +60,7 @@ def extraction_from_dict(data, run: RunDir):
         cache_dir=run.resolve(data.get("cache_dir", "features_cache")),
         views=tuple(data.get("views") or ("plain",)),
         precision=str(data.get("precision", "float32")),  # the members were trained on these vectors
+        split=data.get("split") or None,
     )
 
 
