@@ -139,3 +139,23 @@ def test_topblock_member_in_parallel_fit_oof_matches_the_inline_one():
     parallel = fit_oof([member], fs, folds=2, random_state=0, progress=False, n_jobs=2)  # worker processes
     # other thread counts change the order of float32 sums in the convolutions: equal to rounding
     np.testing.assert_allclose(parallel.oof["top"], inline.oof["top"], atol=1e-5)
+
+
+def test_a_sweep_searches_top_block_heads_on_cached_maps(tmp_path):
+    """A FeatureSet with a `<backbone>@map` block: TPE trials of TopBlockHead, best_estimator() ready to refit."""
+    from hyperopt import hp
+
+    from catdog_features.search import sweep
+
+    X, y = _maps(n=24)
+    fs = FeatureSet(ids=np.array([str(i) for i in range(len(y))]), labels=y, class_names=("cat", "dog"),
+                    features={"ResNet50@map": X, "ResNet50": X.mean(axis=(1, 2))})
+    space = {"head": "topblock", "backbone": "ResNet50", "split": "default", "weights": None, "image_size": 32,
+             "lr": hp.loguniform("lr", -9, -5), "epochs": 2}
+    res = sweep(fs, space=space, backbones=["ResNet50@map"], max_evals=3, cv=None, progress=False,
+                trials_path=tmp_path / "t.sqlite")
+    assert [t["status"] for t in res.trials] == ["ok"] * 3, [t["error"] for t in res.trials]
+    assert len({t["params"]["lr"] for t in res.trials}) == 3
+    best = res.best_estimator()
+    assert isinstance(best, TopBlockHead) and not hasattr(best, "model_")
+    assert best.fit(X, y).predict_proba(X).shape == (24, 2)

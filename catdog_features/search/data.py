@@ -49,7 +49,7 @@ class SweepData:
                 h.update(f"{view}/{name}".encode())
                 h.update(np.ascontiguousarray(self.views[view][name][rows]).tobytes())
         out = {
-            "backbones": {name: int(self.blocks[name].shape[1]) for name in self.names}
+            "backbones": {name: int(np.prod(self.blocks[name].shape[1:])) for name in self.names}
             if self.names
             else {"<array>": int(self.blocks[""].shape[1])},
             "n_rows": int(self.n_rows),
@@ -64,8 +64,9 @@ class SweepData:
 
 def _as_2d(name: str, x) -> np.ndarray:
     x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"Feature matrix must be 2-D. Received: {name} with shape {x.shape}; expected (n_samples, n_features).")
+    if x.ndim != 2 and not (x.ndim == 4 and name.endswith("@map")):  # feature maps: TopBlockHead trials
+        raise ValueError(f"Feature matrix must be 2-D. Received: {name} with shape {x.shape}; expected (n_samples, n_features)"
+                         " (or (n, h, w, c) feature maps named '<backbone>@map').")
     if not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"Feature matrix must be numeric. Received: {name} with dtype {x.dtype}.")
     return x
