@@ -249,3 +249,28 @@ def test_spark_trials_and_spark_fold_fits(spark, oof_data, sequential_oof, tmp_p
                        distributor="spark", models_dir=tmp_path / "models")
     _assert_same_oof(sequential_oof, on_spark)
     assert Path(tmp_path / "models").is_dir()
+
+
+def test_parallel_oof_with_training_views_and_tta_equals_the_sequential_fit(tmp_path):
+    """Views travel to the workers: dense members train on them, TTA is chosen the same way."""
+    rng = np.random.default_rng(3)
+    n = 80
+    y = np.arange(n) % 2
+    plain = (rng.normal(size=(n, 6)) + 0.7 * y[:, None]).astype(np.float32)
+    views = {"plain": {"A": plain}}
+    for v in ("hflip", "aug:0", "aug:1"):
+        views[v] = {"A": (plain + rng.normal(0, 0.3, plain.shape)).astype(np.float32)}
+    fs = FeatureSet(ids=np.array([f"i{k}" for k in range(n)]), labels=y, class_names=("cat", "dog"),
+                    features=views["plain"], view_features=views)
+    test_views = {v: {"A": b["A"][:10]} for v, b in views.items()}
+    test = FeatureSet(ids=np.array([f"t{k}" for k in range(10)]), labels=None, class_names=("cat", "dog"),
+                      features=test_views["plain"], view_features=test_views)
+    members = [m for m in MEMBERS if m["backbones"] == ["A"]] + [
+        {"name": "dense_a", "params": {"head": "dense", "lr": 0.01, "epochs": 5, "patience": 3, "hidden_units": 0},
+         "backbones": ["A"]}]
+    kwargs = dict(folds=3, random_state=1, progress=False, train_views=["aug:0-1"], tta=["plain", "hflip"])
+    seq = fit_oof(members, fs, test, **kwargs)
+    par = fit_oof(members, fs, test, n_jobs=2, task_near=tmp_path, **kwargs)
+    _assert_same_oof(seq, par)
+    assert seq.members == par.members  # the same TTA choice and training views per member
+    assert any("train_views" in m for m in par.members)
