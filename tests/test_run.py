@@ -419,7 +419,7 @@ def test_ensemble_command_with_jobs_gives_the_runs_oof_predictions(binary_run, t
 
 def test_run_applies_the_distributed_section_to_every_stage(tmp_path, monkeypatch):
     """`[distributed]` reaches the extraction, the sweep and the fold fits (recorded, then run for real)."""
-    import catdog_features.ensemble.oof as oof_module
+    import catdog_features.ensemble.fit as oof_module
     import catdog_features.features.extract as extract_module
     import catdog_features.search.tpe as tpe_module
 

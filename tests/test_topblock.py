@@ -111,7 +111,7 @@ def test_save_load_round_trip_without_pickle(fitted, tmp_path):
 
 
 def test_topblock_member_in_fit_oof_on_cached_maps(tmp_path):
-    from catdog_features.ensemble.oof import fit_oof
+    from catdog_features.ensemble import fit_oof
 
     X, y = _maps(24, seed=3)
     fs = FeatureSet(ids=np.array([f"i{k}" for k in range(24)]), labels=y, class_names=("cat", "dog"),
@@ -129,7 +129,7 @@ def test_topblock_member_in_fit_oof_on_cached_maps(tmp_path):
 
 
 def test_topblock_member_in_parallel_fit_oof_matches_the_inline_one():
-    from catdog_features.ensemble.oof import fit_oof
+    from catdog_features.ensemble import fit_oof
 
     X, y = _maps(24, seed=4)
     fs = FeatureSet(ids=np.array([f"i{k}" for k in range(24)]), labels=y, class_names=("cat", "dog"),

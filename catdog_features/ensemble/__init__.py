@@ -1,6 +1,8 @@
 """Stage 2 ensembles: out-of-fold predictions of the best heads, combined, clipped on OOF.
 
-* :mod:`.oof`: members, folds, :func:`fit_oof` and the OOF file (:class:`OOFPredictions`);
+* :mod:`.oof`: members, folds, keys and the OOF file (:class:`OOFPredictions`);
+* :mod:`.fit`: :func:`fit_oof`, one task per (member, fold), inline or in parallel;
+* :mod:`.tta`: test-time augmentation chosen on OOF;
 * :mod:`.combine`: mean, weighted blend and stacker, the chosen method (:class:`EnsembleResult`);
 * :mod:`.metrics`: log loss, accuracy, clipping and the OOF-chosen clip.
 """
@@ -13,9 +15,10 @@ from catdog_features.ensemble.metrics import (
     row_log_loss,
 )
 from catdog_features.ensemble.oof import (
-    OOFPredictions, aligned_proba, default_estimator_factory, feature_fingerprint, fit_oof, make_folds,
+    OOFPredictions, aligned_proba, default_estimator_factory, feature_fingerprint, make_folds,
     members_from_sweep, normalize_members, oof_key, read_oof_key,
 )
+from catdog_features.ensemble.fit import fit_oof
 
 __all__ = [
     "CLIP_GRID", "METHODS", "ConstantPredictionsWarning", "EnsembleResult", "OOFPredictions", "accuracy",
