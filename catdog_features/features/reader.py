@@ -763,10 +763,9 @@ def _iterate(paths, sizes, bounds, transform, workers, prefetch, views=None) -> 
     return _iter_pooled(paths, sizes, bounds, transform, workers, prefetch, views)
 
 
-def _assemble(b0: int, b1: int, results, paths, sizes, views=None) -> ReadBatch:
-    if views is not None:
-        return _assemble_views(b0, b1, results, paths, sizes, views)
-    ok, arrays, failures, hashes = [], [], [], {}
+def _sort_results(b0: int, b1: int, results, paths):
+    """``(ok positions, their decoded images, failures, hashes)`` of one batch's read results."""
+    ok, decoded, failures, hashes = [], [], [], {}
     for pos, (result, digest) in zip(range(b0, b1), results):
         if digest is not None:
             hashes[pos] = digest
@@ -774,35 +773,28 @@ def _assemble(b0: int, b1: int, results, paths, sizes, views=None) -> ReadBatch:
             failures.append((pos, paths[pos], result.reason))
         else:
             ok.append(pos)
-            arrays.append(result)
+            decoded.append(result)
+    return ok, decoded, failures, hashes
+
+
+def _stack(decoded, sizes, pick) -> Dict[int, np.ndarray]:
+    """size -> float32 ``(n, s, s, 3)`` of ``pick(result)[s]`` for each decoded image."""
     images = {}
     for s in sizes:
-        out = np.empty((len(ok), s, s, 3), dtype=np.float32)
-        for j, result in enumerate(arrays):
-            out[j] = result[s]  # uint8 -> float32 on assignment
+        out = np.empty((len(decoded), s, s, 3), dtype=np.float32)
+        for j, result in enumerate(decoded):
+            out[j] = pick(result)[s]  # uint8 -> float32 on assignment
         images[s] = out
-    return ReadBatch(b0, b1, np.asarray(ok, dtype=np.int64), images, failures, hashes)
+    return images
 
 
-def _assemble_views(b0: int, b1: int, results, paths, sizes, views) -> ReadBatch:
-    ok, per_view, failures, hashes = [], [], [], {}
-    for pos, (result, digest) in zip(range(b0, b1), results):
-        if digest is not None:
-            hashes[pos] = digest
-        if isinstance(result, ImageReadError):
-            failures.append((pos, paths[pos], result.reason))
-        else:
-            ok.append(pos)
-            per_view.append(result)
-    out: Dict[str, Dict[int, np.ndarray]] = {}
-    for name, _fn, _zoom in views:
-        out[name] = {}
-        for s in sizes:
-            arr = np.empty((len(ok), s, s, 3), dtype=np.float32)
-            for j, result in enumerate(per_view):
-                arr[j] = result[name][s]
-            out[name][s] = arr
-    return ReadBatch(b0, b1, np.asarray(ok, dtype=np.int64), out[views[0][0]], failures, hashes, out)
+def _assemble(b0: int, b1: int, results, paths, sizes, views=None) -> ReadBatch:
+    ok, decoded, failures, hashes = _sort_results(b0, b1, results, paths)
+    positions = np.asarray(ok, dtype=np.int64)
+    if views is None:
+        return ReadBatch(b0, b1, positions, _stack(decoded, sizes, lambda r: r), failures, hashes)
+    out = {name: _stack(decoded, sizes, lambda r, name=name: r[name]) for name, _fn, _zoom in views}
+    return ReadBatch(b0, b1, positions, out[views[0][0]], failures, hashes, out)
 
 
 def _iter_inline(paths, sizes, bounds, transform, views=None) -> Iterator[ReadBatch]:
