@@ -20,7 +20,7 @@ from catdog_features._checks import check_float, check_int
 from catdog_features.heads import trainer
 from catdog_features.heads.keras_io import export_model, load_model_weights, save_model
 from catdog_features.heads.saved import (
-    SavedHeadError, classes_from_json, classes_to_json, jsonable, read_sidecar, sidecar_path,
+    classes_to_json, jsonable, open_saved, read_sidecar, sidecar_path,
 )
 from catdog_features.heads.threads import blas_threads_for
 from catdog_features.splitting import holdout_split
@@ -505,18 +505,11 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         :class:`~catdog_features.heads.SavedHeadError` (naming the file) for anything else
         that is not a head this class saved.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No saved head model at {str(path)!r}.")
-        meta = read_sidecar(path, _SIDECAR_FORMAT)
-        try:
-            head = cls(**meta["params"])
-            classes = classes_from_json(meta["classes"], meta["classes_dtype"])
-            n_features = int(meta["n_features_in"])
-            history = {str(k): [float(v) for v in values] for k, values in meta["history"].items()}
-            best_epoch = None if meta["best_epoch"] is None else int(meta["best_epoch"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SavedHeadError(f"Invalid head sidecar {str(sidecar_path(path))!r}: {type(exc).__name__}: {exc}.") from None
+        path, meta, head, classes, extra = open_saved(cls, path, _SIDECAR_FORMAT, lambda m: {
+            "n_features": int(m["n_features_in"]),
+            "history": {str(k): [float(v) for v in values] for k, values in m["history"].items()},
+            "best_epoch": None if m["best_epoch"] is None else int(m["best_epoch"])})
+        n_features, history, best_epoch = extra["n_features"], extra["history"], extra["best_epoch"]
         n_out = 1 if len(classes) == 2 else len(classes)
         weights, mean, scale = load_model_weights(path, n_features, n_out)
         head.classes_ = classes

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from catdog_features._checks import check_float, check_int
 from catdog_features.heads.saved import (
-    SavedHeadError, classes_from_json, classes_to_json, jsonable, read_sidecar, sidecar_path,
+    SavedHeadError, classes_to_json, jsonable, open_saved, sidecar_path,
 )
 from catdog_features.heads.threads import blas_threads_for
 
@@ -220,17 +220,9 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         """Load a head saved by :meth:`save`; :class:`SavedHeadError` naming the file if it is not one."""
         import h5py
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No saved head model at {str(path)!r}.")
-        meta = read_sidecar(path, _SIDECAR_FORMAT)
-        try:
-            head = cls(**meta["params"])
-            classes = classes_from_json(meta["classes"], meta["classes_dtype"])
-            n_features = int(meta["n_features_in"])
-            C = float(meta["C"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SavedHeadError(f"Invalid head sidecar {str(sidecar_path(path))!r}: {type(exc).__name__}: {exc}.") from None
+        path, meta, head, classes, extra = open_saved(
+            cls, path, _SIDECAR_FORMAT, lambda m: {"n_features": int(m["n_features_in"]), "C": float(m["C"])})
+        n_features, C = extra["n_features"], extra["C"]
         n_rows = 1 if len(classes) == 2 else len(classes)
         expected = {"coef": (n_rows, n_features), "intercept": (n_rows,), "mean": (n_features,), "scale": (n_features,)}
         arrays = {}

@@ -109,6 +109,26 @@ def sidecar_path(path) -> Path:
     return Path(str(path) + ".json")
 
 
+def open_saved(cls, path, expected_format: str, fields=lambda meta: {}):
+    """The common start of every head kind's ``load``: ``(path, meta, head, classes, extra)``.
+
+    Checks the model file exists, reads its sidecar, builds ``cls(**params)``, decodes the
+    classes and ``extra = fields(meta)`` (the kind's own sidecar entries); anything invalid is
+    a :class:`SavedHeadError` naming the sidecar.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No saved head model at {str(path)!r}.")
+    meta = read_sidecar(path, expected_format)
+    try:
+        head = cls(**meta["params"])
+        classes = classes_from_json(meta["classes"], meta["classes_dtype"])
+        extra = fields(meta)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SavedHeadError(f"Invalid head sidecar {str(sidecar_path(path))!r}: {type(exc).__name__}: {exc}.") from None
+    return path, meta, head, classes, extra
+
+
 def read_sidecar(path, expected_format: Optional[str] = None) -> dict:
     """The sidecar of the model file ``path`` (or the sidecar itself), checked to be a head's.
 

@@ -27,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from catdog_features._checks import check_choice, check_float, check_int
 from catdog_features.heads.dense import derive_seeds
 from catdog_features.heads.saved import (
-    SavedHeadError, classes_from_json, classes_to_json, jsonable, read_sidecar, sidecar_path,
+    SavedHeadError, classes_to_json, jsonable, open_saved, sidecar_path,
 )
 from catdog_features.heads.trainer import log_loss_from_logits, logits_to_proba
 from catdog_features.splitting import holdout_split
@@ -395,17 +395,10 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
 
         from catdog_features.heads.keras_io import _LOAD_ERRORS
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No saved head model at {str(path)!r}.")
-        meta = read_sidecar(path, _SIDECAR_FORMAT)
-        try:
-            head = cls(**meta["params"])
-            classes = classes_from_json(meta["classes"], meta["classes_dtype"])
-            map_shape = tuple(int(d) for d in meta["map_shape"])
-            history = {str(k): [float(v) for v in values] for k, values in meta["history"].items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SavedHeadError(f"Invalid head sidecar {str(sidecar_path(path))!r}: {type(exc).__name__}: {exc}.") from None
+        path, meta, head, classes, extra = open_saved(cls, path, _SIDECAR_FORMAT, lambda m: {
+            "map_shape": tuple(int(d) for d in m["map_shape"]),
+            "history": {str(k): [float(v) for v in values] for k, values in m["history"].items()}})
+        map_shape, history = extra["map_shape"], extra["history"]
         try:
             model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except _LOAD_ERRORS as exc:
