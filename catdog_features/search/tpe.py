@@ -424,7 +424,7 @@ def _run(space, records, store, sdata, order, bounds, objective, fixed, max_eval
             record = run_trial(tid, hvals, params, chosen, concat.get, y_ord, bounds, len(sdata.classes),
                                objective.early_stopping, point_error=error,
                                views_of=concat.views if sdata.views else None)
-            future = pool.submit(lambda r: r, record) if pool.inline else _done(record)
+            future = _done(record)  # ran here: inline, or a point that could not be drawn
         else:
             future = pool.submit(trial_task, {**point, "data": str(folder), "bounds": [list(b) for b in bounds],
                                               "n_classes": len(sdata.classes),
