@@ -8,7 +8,6 @@ monkeypatched here would not exist in the workers.
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from catdog_features.ensemble import fit_oof
 from catdog_features.features.featureset import FeatureSet
 from catdog_features.search import sweep
 from hyperopt import hp
+from sweep_helpers import committed_trials
 
 #: A fast space: linear heads with a searched C, and small dense heads (NumPy step).
 SPACE = {
@@ -145,17 +145,10 @@ def test_kill_9_of_the_driver_loses_no_finished_trial_and_resumes_to_exactly_max
     db = tmp_path / "trials.sqlite"
     cmd = [sys.executable, str(script), str(tmp_path), str(n_evals)]
 
-    def count():
-        try:
-            with sqlite3.connect(db, timeout=5) as conn:
-                return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-        except sqlite3.OperationalError:  # no file or tables yet
-            return 0
-
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     workers = []
-    while count() < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while committed_trials(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
         workers = sorted(set(workers) | set(_children(proc.pid)))
         time.sleep(0.05)
     workers = sorted(set(workers) | set(_children(proc.pid)))

@@ -17,6 +17,7 @@ from catdog_features import search
 from catdog_features.search import tpe
 from catdog_features.features.featureset import FeatureSet
 from catdog_features.search import SweepResult, backbone_space, default_space, reference_space, sweep
+from sweep_helpers import committed_trials
 
 
 class FastHead:
@@ -333,18 +334,9 @@ def test_sigkill_mid_sweep_then_rerun_resumes(tmp_path):
     cmd = [sys.executable, str(script), str(tmp_path), str(n_evals)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
-    def count():
-        if not db.exists():
-            return 0
-        try:
-            with sqlite3.connect(db, timeout=5) as conn:
-                return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-        except sqlite3.OperationalError:  # tables not created yet
-            return 0
-
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while count() < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while committed_trials(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
