@@ -1,6 +1,8 @@
-"""Helpers shared by the sweep kill -9 tests."""
+"""Helpers shared by the sweep tests: reading a trials file as a test checks it."""
 
 import sqlite3
+
+from catdog_features import search
 
 
 def committed_trials(db) -> int:
@@ -12,3 +14,12 @@ def committed_trials(db) -> int:
             return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
     except sqlite3.OperationalError:  # tables not created yet
         return 0
+
+
+def load_trials(db):
+    """Every committed trial of ``db``, validated by :meth:`TrialStore.load`."""
+    store = search.TrialStore(db)
+    try:
+        return store.load()
+    finally:
+        store.close()

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catdog_features import search
 from catdog_features.distributed import TaskPool, WorkerDiedError, resolve_jobs, task_error
 from catdog_features.ensemble import fit_oof
 from catdog_features.features.featureset import FeatureSet
 from catdog_features.search import sweep
 from hyperopt import hp
-from sweep_helpers import committed_trials
+from sweep_helpers import committed_trials, load_trials
 
 #: A fast space: linear heads with a searched C, and small dense heads (NumPy step).
 SPACE = {
@@ -52,14 +51,6 @@ def points(trials):
     return [json.dumps(t["hyperopt_vals"], sort_keys=True) for t in trials]
 
 
-def load(db):
-    store = search.TrialStore(db)
-    try:
-        return store.load()
-    finally:
-        store.close()
-
-
 @pytest.mark.parametrize("n_jobs, expected", [(1, 1), (3, 3)])
 def test_resolve_jobs(n_jobs, expected):
     assert resolve_jobs(n_jobs) == expected
@@ -77,7 +68,7 @@ def test_parallel_sweep_has_exactly_max_evals_distinct_trials(tmp_path):
     blocks, y = make_data()
     db = tmp_path / "trials.sqlite"
     res = sweep(blocks, y, space=SPACE, max_evals=8, n_jobs=2, trials_path=db, progress=False, n_startup_jobs=4)
-    trials = load(db)
+    trials = load_trials(db)
     assert [t["tid"] for t in trials] == list(range(8))
     assert all(t["status"] == "ok" for t in trials), [t["error"] for t in trials]
     assert len(set(points(trials))) == 8  # no point suggested twice, running or done
@@ -85,7 +76,7 @@ def test_parallel_sweep_has_exactly_max_evals_distinct_trials(tmp_path):
     assert not list(tmp_path.glob(".sweep.tasks-*"))  # the task folder is removed
     # resuming a finished parallel sweep runs nothing more
     again = sweep(blocks, y, space=SPACE, max_evals=8, n_jobs=2, trials_path=db, progress=False, n_startup_jobs=4)
-    assert len(again.trials) == 8 and load(db) == trials
+    assert len(again.trials) == 8 and load_trials(db) == trials
 
 
 def test_a_trial_scores_the_same_in_a_worker_as_in_this_process(tmp_path):
@@ -155,7 +146,7 @@ def test_kill_9_of_the_driver_loses_no_finished_trial_and_resumes_to_exactly_max
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    before = load(db)
+    before = load_trials(db)
     assert 2 <= len(before) < n_evals
     # the worker processes end with their driver (no orphans running trials nobody collects)
     deadline = time.monotonic() + 20
@@ -165,7 +156,7 @@ def test_kill_9_of_the_driver_loses_no_finished_trial_and_resumes_to_exactly_max
 
     done = subprocess.run(cmd, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    after = load(db)
+    after = load_trials(db)
     assert len(after) == n_evals and len({t["tid"] for t in after}) == n_evals
     by_tid = {t["tid"]: t for t in after}
     assert all(by_tid[t["tid"]] == t for t in before)  # finished trials kept, none re-run
@@ -233,7 +224,7 @@ def test_spark_trials_and_spark_fold_fits(spark, oof_data, sequential_oof, tmp_p
     db = tmp_path / "trials.sqlite"
     sweep(blocks, y, space=SPACE, max_evals=4, n_jobs=2, distributor="spark", trials_path=db, progress=False,
           n_startup_jobs=4)
-    trials = load(db)
+    trials = load_trials(db)
     assert [t["tid"] for t in trials] == list(range(4)) and len(set(points(trials))) == 4
     assert all(t["status"] == "ok" for t in trials), [t["error"] for t in trials]
 

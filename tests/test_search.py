@@ -17,7 +17,7 @@ from catdog_features import search
 from catdog_features.search import tpe
 from catdog_features.features.featureset import FeatureSet
 from catdog_features.search import SweepResult, backbone_space, default_space, reference_space, sweep
-from sweep_helpers import committed_trials
+from sweep_helpers import committed_trials, load_trials
 
 
 class FastHead:
@@ -344,26 +344,18 @@ def test_sigkill_mid_sweep_then_rerun_resumes(tmp_path):
 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    before = _load(db)
+    before = load_trials(db)
     assert 2 <= len(before) < n_evals
 
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=180)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    after = _load(db)
+    after = load_trials(db)
     assert [t["tid"] for t in after] == list(range(n_evals))
     assert after[: len(before)] == before  # earlier trials unchanged, none re-run
     # the real DenseHead ran in the subprocess: fixed params reached it, best epochs are within range
     assert all(t["status"] == "ok" for t in after), [t["error"] for t in after]
     assert all(t["params"]["epochs"] == 3 and 0 <= t["best_epoch"] < 3 and t["loss"] > 0 for t in after)
     assert len(set(points(after))) == n_evals  # the resumed run suggested new points
-
-
-def _load(db):
-    store = search.TrialStore(db)
-    try:
-        return store.load()
-    finally:
-        store.close()
 
 
 def test_timeout_stops_starting_trials_and_a_rerun_continues(tmp_path, fast_head, monkeypatch):
