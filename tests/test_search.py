@@ -311,8 +311,17 @@ def test_progress_shows_best_and_ends_with_a_table(fast_head, capsys):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys
+    import time
     import numpy as np
-    from catdog_features.search import sweep
+    from catdog_features.search import objective, sweep
+
+    # a trial here takes milliseconds: without a floor the whole sweep can end between two polls
+    # of the test, and the kill would land after the last trial instead of in the middle
+    real_score = objective.score_config
+    def slow_score(*args, **kwargs):
+        time.sleep(0.3)
+        return real_score(*args, **kwargs)
+    objective.score_config = slow_score
 
     folder = sys.argv[1]
     data = {name: np.load(f"{folder}/{name}.npy") for name in ("A", "B")}
