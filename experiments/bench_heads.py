@@ -114,7 +114,7 @@ def ours(X_tr, y_tr, X_te, seed, args, trials_path):
         result = sweep(train, max_evals=args.evals, trials_path=trials_path, random_state=seed, progress=False)
     members = members_from_sweep(result, top_k=5)
     with Clock() as t_oof:
-        oof = fit_oof(members, train, test, folds=5, random_state=seed, progress=False)
+        oof = fit_oof(members, train, test, folds=5, random_state=seed, progress=False, test_from=args.test_from)
         ens = fit_ensemblers(oof, method="auto", clip="auto", random_state=seed)
     proba = clip_probabilities(ens.combine(oof.test), ens.clip)
     kinds = [m["params"].get("head", "dense") for m in members]
@@ -165,6 +165,8 @@ def main(argv=None):
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--evals", type=int, default=30, help="sweep trials (default 30)")
     parser.add_argument("--seeds", type=int, default=3, help="splits per data set; the median ratio is reported")
+    parser.add_argument("--test-from", default="auto", choices=("auto", "folds", "refit"),
+                        help="where members' test probabilities come from (fit_oof's test_from; default auto)")
     parser.add_argument("--quick", action="store_true", help="smoke run: wine and breast_cancer, 6 trials, 1 seed")
     args = parser.parse_args(argv)
     if args.quick:
@@ -173,7 +175,8 @@ def main(argv=None):
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
         parser.error(f"unknown data sets {unknown}; expected some of {', '.join(DATASETS)}")
-    print(f"stage 2 defaults vs LogisticRegressionCV: {args.evals} trials, {args.seeds} seed(s), data sets {names}")
+    print(f"stage 2 defaults vs LogisticRegressionCV: {args.evals} trials, {args.seeds} seed(s), test_from="
+          f"{args.test_from}, data sets {names}")
     with Clock() as total, tempfile.TemporaryDirectory() as tmp:
         summary = [run_dataset(name, args, tmp) for name in names]
     print("\n== summary: test log loss, median over seeds of ours / LogisticRegressionCV ==")

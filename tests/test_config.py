@@ -51,6 +51,7 @@ def with_(section, key, value):
     (with_("extract", "image_size", 1e6), "[extract] image_size: received 1000000.0; expected an integer >= 0"),
     (with_("extract", "batch_size", 10**8), "[extract] batch_size: received 100000000; expected an integer >= 1, at most 4096"),
     (with_("ensemble", "folds", 10**6), "[ensemble] folds: received 1000000; expected an integer >= 2, at most 100"),
+    (with_("ensemble", "test_from", "full"), "[ensemble] test_from: received 'full'; expected one of auto, folds, refit"),
     (with_("ensemble", "seed", 2**40), "[ensemble] seed: received 1099511627776; expected an integer >= 0, at most 4294967295"),
     (with_("extract", "allow_outside", "yes"), "[extract] allow_outside: received 'yes'; expected true or false"),
     (with_("extract", "weights", 3), "[extract] weights: received 3"),

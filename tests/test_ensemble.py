@@ -108,6 +108,61 @@ def test_test_prediction_is_mean_of_fold_models(binary_oof):
     assert list(oof.test_ids) == list(test.ids)
 
 
+def test_test_from_refit_predicts_with_one_model_on_every_training_row():
+    train, test = make_features(test=10)
+    SpyLR.seen = []
+    refit = fit_oof(MEMBERS[:1], train, test, folds=4, random_state=3, estimator_factory=SpyLR, progress=False,
+                    test_from="refit")
+    X, Xt = train.concat(["B0"]), test.concat(["B0"])
+    assert len(SpyLR.seen) == 5 and SpyLR.seen[-1] == {tuple(np.round(r, 6)) for r in X}  # 4 folds + the refit
+    expected = LogisticRegression(max_iter=1000).fit(X, train.labels).predict_proba(Xt)
+    np.testing.assert_allclose(refit.test["a"], expected, atol=1e-6)
+    folds = fit_oof(MEMBERS[:1], train, test, folds=4, random_state=3, estimator_factory=SpyLR, progress=False,
+                    test_from="folds")
+    np.testing.assert_array_equal(refit.oof["a"], folds.oof["a"])  # OOF rows: the fold models' either way
+    assert not np.allclose(refit.test["a"], folds.test["a"])
+    assert [m["test_from"] for m in (*refit.members, *folds.members)] == ["refit", "folds"]
+    assert refit.key != folds.key
+
+
+def test_test_from_auto_refits_linear_members_and_saves_them_as_full(tmp_path):
+    from catdog_features.ensemble import default_estimator_factory
+    from catdog_features.heads import find_saved_head, load_head
+
+    train, test = make_features(test=10)
+    members = [{"name": "lin", "params": {"head": "linear"}, "backbones": ["B0"]},
+               {"name": "net", "params": {"hidden_units": 4, "epochs": 3, "patience": 0}, "backbones": ["B0"]}]
+    oof = fit_oof(members, train, test, folds=3, random_state=3, models_dir=tmp_path, progress=False)
+    assert [m["test_from"] for m in oof.members] == ["refit", "folds"]
+    X, Xt = train.concat(["B0"]), test.concat(["B0"])
+    expected = default_estimator_factory({"head": "linear"}, 3 + 3).fit(X, train.labels).predict_proba(Xt)
+    np.testing.assert_allclose(oof.test["lin"], expected, atol=1e-9)
+    np.testing.assert_allclose(load_head(find_saved_head(tmp_path / "lin" / "full.keras")).predict_proba(Xt), expected,
+                               atol=1e-9)
+    assert find_saved_head(tmp_path / "net" / "full.keras") is None
+    nets = [load_head(find_saved_head(tmp_path / "net" / f"fold{k}.keras")).predict_proba(Xt) for k in range(3)]
+    np.testing.assert_allclose(oof.test["net"], np.mean(nets, axis=0), atol=1e-6)
+
+
+def test_a_refit_is_only_fitted_when_something_uses_it(tmp_path):
+    from catdog_features.heads import find_saved_head
+
+    train, _ = make_features()
+    SpyLR.seen = []
+    fit_oof(MEMBERS[:1], train, None, folds=4, estimator_factory=SpyLR, progress=False, test_from="refit")
+    assert len(SpyLR.seen) == 4  # no test set, no saved models: nothing would use it
+    # no test set but saved models: new images are predicted later by the refit
+    fit_oof([{"name": "a", "params": {"head": "linear"}, "backbones": ["B0"]}], train, None, folds=4, progress=False,
+            models_dir=tmp_path)
+    assert find_saved_head(tmp_path / "a" / "full.keras") is not None
+
+
+def test_test_from_is_checked():
+    train, test = make_features(test=4)
+    with pytest.raises(ValueError, match="test_from='full'; expected one of 'auto', 'folds', 'refit'"):
+        fit_oof(MEMBERS, train, test, folds=2, estimator_factory=SpyLR, progress=False, test_from="full")
+
+
 def test_blend_weights_on_simplex_and_not_worse_than_best_member(binary_oof):
     oof, *_ = binary_oof
     result = fit_ensemblers(oof, method="blend")
@@ -337,3 +392,58 @@ def test_auto_never_chooses_worse_than_the_nested_best_member():
     # "best" predicts with the chosen member alone, and survives the JSON round trip
     again = type(result).from_dict(result.to_dict())
     np.testing.assert_array_equal(again.combine(members, "best"), members["good"])
+
+
+def _two_kind_oof(better, worse, n=400, seed=0):
+    """A calibrated linear member (``y`` drawn from its probabilities) and a dense one: the same
+    probabilities, but confident and right on ``better`` rows and wrong on ``worse`` rows."""
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(0.05, 0.95, n)
+    y = (rng.random(n) < q).astype(np.int64)
+    q_net = q.copy()
+    rows = rng.permutation(n)
+    q_net[rows[:better]] = np.where(y[rows[:better]] == 1, 0.97, 0.03)
+    q_net[rows[better:better + worse]] = np.where(y[rows[better:better + worse]] == 1, 0.3, 0.7)
+    to2 = lambda p: np.column_stack([1 - p, p])  # noqa: E731
+    p_lin, p_net = q, q_net
+    test = {"lin": rng.dirichlet([2, 2], 7), "net": rng.dirichlet([2, 2], 7)}
+    members = [{"name": "lin", "params": {"head": "linear"}, "backbones": ["B0"]},
+               {"name": "net", "params": {"hidden_units": 8}, "backbones": ["B0"]}]
+    return OOFPredictions(ids=np.arange(n).astype(str), labels=y, folds=np.arange(n) % 5, class_names=("a", "b"),
+                          members=members, oof={"lin": to2(p_lin), "net": to2(p_net)}, test_ids=np.arange(7).astype(str),
+                          test=test, test_failed=[], key="k", info={"folds": 5})
+
+
+@pytest.mark.parametrize("better, worse, z_range", [(0, 0, (-0.5, 2.0)), (12, 8, (-0.5, 2.0)), (300, 0, (5.0, 100.0))])
+def test_linear_members_blend_and_how_far_autos_pick_is_ahead_of_it(better, worse, z_range):
+    from catdog_features.ensemble.combine import _paired_z
+
+    oof = _two_kind_oof(better, worse)
+    result = fit_ensemblers(oof, method="auto", clip=0.0)
+    rows = {r["name"]: r for r in result.scores}
+    order = ("mean", "blend", "stack", "best")
+    assert result.method == min(order, key=lambda m: (round(rows[m]["log_loss"], 10), order.index(m)))
+    z = _paired_z(result.oof_by_method["linear_members"], result.oof_by_method[result.method], oof.labels)
+    assert z_range[0] < z < z_range[1]
+    assert rows["linear_members"]["note"].endswith(f"auto's pick {result.method} is {z:.2f} standard errors ahead on OOF rows")
+    # one linear member: the blend is that member, on OOF and test rows
+    np.testing.assert_allclose(result.oof_by_method["linear_members"], oof.oof["lin"])
+    np.testing.assert_allclose(result.combine(oof.test, "linear_members"), oof.test["lin"])
+    forced = fit_ensemblers(oof, method="linear_members", clip=0.0)
+    assert forced.method == "linear_members" and forced.linear_weights == {"lin": 1.0, "net": 0.0}
+    again = type(forced).from_dict(forced.to_dict())
+    np.testing.assert_allclose(again.combine(oof.test), oof.test["lin"])
+
+
+def test_linear_members_needs_linear_and_other_members():
+    oof = _two_kind_oof(0, 0)
+    only_dense = OOFPredictions(ids=oof.ids, labels=oof.labels, folds=oof.folds, class_names=oof.class_names,
+                                members=[oof.members[1]], oof={"net": oof.oof["net"]}, test_ids=None, test={},
+                                test_failed=[], key="k", info={"folds": 5})
+    with pytest.raises(ValueError, match="method='linear_members' needs logistic-regression members"):
+        fit_ensemblers(only_dense, method="linear_members")
+    assert "linear_members" not in {r["name"] for r in fit_ensemblers(only_dense).scores}
+    only_linear = OOFPredictions(ids=oof.ids, labels=oof.labels, folds=oof.folds, class_names=oof.class_names,
+                                 members=[oof.members[0]], oof={"lin": oof.oof["lin"]}, test_ids=None, test={},
+                                 test_failed=[], key="k", info={"folds": 5})
+    assert "linear_members" not in {r["name"] for r in fit_ensemblers(only_linear).scores}  # that is the blend

@@ -25,7 +25,7 @@ def problem(n=300, d=12, k=2, seed=0, noise=1.0):
 
 def test_sklearn_contract():
     head = LinearHead(C=0.3, random_state=2)
-    assert vars(head) == {"C": 0.3, "Cs": 17, "cv": 5, "standardize": True, "tol": 1e-8, "max_iter": 2000,
+    assert vars(head) == {"C": 0.3, "Cs": 41, "cv": 5, "standardize": True, "tol": 1e-8, "max_iter": 2000,
                           "random_state": 2}
     twin = clone(head)
     assert twin.get_params() == head.get_params() and not hasattr(twin, "coef_")

@@ -86,18 +86,25 @@ def test_run_oof_file_covers_every_training_image_once(binary_run):
     ensemble = json.loads((binary_run["out"] / "ensemble.json").read_text())
     assert ensemble["ensemble"]["method"] in ("mean", "blend", "stack", "best")
     assert ensemble["extraction"]["weights"] == "none"
-    for paths in ensemble["models"].values():
-        assert len(paths) == 3 and all((binary_run["out"] / p).is_file() for p in paths)
+    for member in ensemble["members"]:  # the linear member predicts with its refit on all rows (test_from auto)
+        paths = ensemble["models"][member["name"]]
+        refit = member["params"].get("head") == "linear"
+        assert member["test_from"] == ("refit" if refit else "folds")
+        assert paths == ([f"models/{member['name']}/full.h5"] if refit else
+                         [f"models/{member['name']}/fold{k}.keras" for k in range(3)])
+        assert all((binary_run["out"] / p).is_file() for p in paths)
+        assert len(list((binary_run["out"] / "models" / member["name"]).glob("fold[0-9].*"))) >= 3
 
 
 def test_rerun_reuses_cache_trials_and_oof(binary_run, monkeypatch):
     from catdog_features.features.backbones import BackboneSpec
-    from catdog_features.heads import DenseHead
+    from catdog_features.heads import DenseHead, LinearHead
 
     def no_model_work(*args, **kwargs):
         raise AssertionError("model work on a rerun of a finished config")
 
     monkeypatch.setattr(DenseHead, "fit", no_model_work)
+    monkeypatch.setattr(LinearHead, "fit", no_model_work)
     monkeypatch.setattr(BackboneSpec, "build", no_model_work)
     out = binary_run["out"]
     n_trials = json.loads((out / "manifest.json").read_text())["stages"]["sweep"]["n_trials"]
@@ -123,7 +130,7 @@ def test_rerun_reuses_cache_trials_and_oof(binary_run, monkeypatch):
 def test_changed_test_folder_is_predicted_by_saved_fold_models(binary_run, tmp_path, monkeypatch):
     import shutil
 
-    from catdog_features.heads import DenseHead
+    from catdog_features.heads import DenseHead, LinearHead
 
     def no_fit(*args, **kwargs):
         raise AssertionError("a head was refitted although only the test set changed")
@@ -133,6 +140,7 @@ def test_changed_test_folder_is_predicted_by_saved_fold_models(binary_run, tmp_p
     for name in ("2.jpg", "3.jpg"):
         shutil.copy(binary_run["data"] / "test" / name, new_test / name)
     monkeypatch.setattr(DenseHead, "fit", no_fit)
+    monkeypatch.setattr(LinearHead, "fit", no_fit)
     out = tmp_path / "run"
     shutil.copytree(binary_run["out"], out)
     assert run_cli(*binary_run["argv"], "--set", f"data.test={new_test}", "--set", f"output.dir={out}",
@@ -149,6 +157,34 @@ def test_changed_test_folder_is_predicted_by_saved_fold_models(binary_run, tmp_p
     for name in old.member_names:  # same fold models -> the same member probabilities
         np.testing.assert_allclose(new.test[name], old.test[name][rows], atol=1e-6)
         np.testing.assert_array_equal(new.oof[name], old.oof[name])
+
+
+def test_test_from_folds_refits_only_the_oof_stage_and_predicts_with_fold_models(binary_run, tmp_path):
+    import shutil
+
+    from catdog_features.ensemble import OOFPredictions
+    from catdog_features.submission import read_probabilities
+
+    out = tmp_path / "run"
+    shutil.copytree(binary_run["out"], out)
+    with pytest.warns(UserWarning):
+        assert run_cli(*binary_run["argv"], "--set", "ensemble.test_from=folds", "--set", f"output.dir={out}",
+                       "--set", "output.report=false") == 0
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["sweep"]["status"] == "reused" and stages["oof"]["status"] == "done"  # a new OOF key
+    saved = json.loads((out / "ensemble.json").read_text())
+    for member in saved["members"]:
+        assert member["test_from"] == "folds"
+        assert saved["models"][member["name"]] == [f"models/{member['name']}/fold{k}.keras" if member["params"].get("head")
+                                                   != "linear" else f"models/{member['name']}/fold{k}.h5" for k in range(3)]
+    assert not list((out / "models").glob("*/full.*"))
+    old, new = OOFPredictions.load(binary_run["out"] / "oof.h5"), OOFPredictions.load(out / "oof.h5")
+    for name in old.member_names:  # the same fold models: the same OOF rows; only the refit's test rows differ
+        np.testing.assert_allclose(new.oof[name], old.oof[name], atol=1e-6)
+    assert not np.allclose(new.test["linear"], old.test["linear"], atol=1e-6)
+    assert run_cli("predict", binary_run["data"] / "test", "--run", out, "--out", tmp_path / "p.csv", "--no-progress") == 0
+    np.testing.assert_allclose(read_probabilities(tmp_path / "p.csv")[1],
+                               read_probabilities(out / "test_predictions.csv")[1], atol=1e-6)
 
 
 def test_predict_reproduces_test_predictions_and_submit_overrides_clip(binary_run, tmp_path, capsys):

@@ -21,7 +21,7 @@ _CONFIG_KEYS = {
     "cache": ("extract", "cache_dir"), "weights": ("extract", "weights"), "image_size": ("extract", "image_size"),
     "batch_size": ("extract", "batch_size"), "top_k": ("ensemble", "top_k"), "folds": ("ensemble", "folds"),
     "method": ("ensemble", "method"), "clip": ("ensemble", "clip"), "seed": ("ensemble", "seed"),
-    "out": ("output", "dir"), "jobs": ("distributed", "jobs"), "distributor": ("distributed", "distributor"),
+    "test_from": ("ensemble", "test_from"), "out": ("output", "dir"), "jobs": ("distributed", "jobs"), "distributor": ("distributed", "distributor"),
     "spark_master": ("distributed", "master"),
 }
 
@@ -39,10 +39,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, metavar="N")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="members: the K best distinct trials (default 5)")
     parser.add_argument("--folds", type=int, default=5, metavar="K", help="stratified folds (default 5)")
-    parser.add_argument("--method", default="auto", choices=("auto", "blend", "stack", "mean", "best"),
+    parser.add_argument("--method", default="auto", choices=("auto", "blend", "stack", "mean", "best", "linear_members"),
                         help="how members are combined; auto: the lowest OOF log loss (default: %(default)s)")
     parser.add_argument("--clip", default="auto", metavar="EPS", help="auto (chosen on OOF) or a number such as 0.005")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
+    parser.add_argument("--test-from", default="auto", choices=("auto", "folds", "refit"),
+                        help="a member's test predictions: its fold models' mean, or one model refitted on all "
+                             "training rows; auto: refit the logistic-regression member (default: %(default)s)")
     _argtypes.add_parallel_arguments(parser, "fold fits")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -86,7 +89,7 @@ def run(args) -> int:
     trials_stage(run_dir, sweep)
     stage = ensemble_stage(run_dir, config, members, train, test, progress=args.progress)  # prints the score table
     finish_run(run_dir, started)
-    print(f"ensemble -> {run_dir.ensemble}; OOF -> {run_dir.oof}; fold models -> {run_dir.models}")
+    print(f"ensemble -> {run_dir.ensemble}; OOF -> {run_dir.oof}; models -> {run_dir.models}")
     if stage["result"].test_proba is not None:
         print(f"test predictions -> {run_dir.test_predictions}; next: catdog-features submit --run {run_dir.root} "
               f"(writes {run_dir.submission})")

@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from catdog_features.ensemble.oof import (
-    OOFPredictions, aligned_proba, default_estimator_factory, make_folds, members_from_sweep, normalize_members,
-    oof_key, views_extra,
+    OOFPredictions, aligned_proba, check_test_from, default_estimator_factory, make_folds, member_test_source,
+    members_from_sweep, normalize_members, oof_key, views_extra,
 )
 
 
@@ -66,25 +66,29 @@ def _fold_data(payload, member):
 def fold_task(payload) -> Dict[str, Any]:
     """Fit one member on the rows outside fold ``k``; its held-out and test probabilities.
 
-    Runs in this process, a worker process or a Spark task (``payload["data"]`` is then a task
-    folder). Saves the model when ``model_stem`` is set.
+    Fold ``-1`` (:data:`REFIT`) is the member refitted on every training row: no held-out rows,
+    only test probabilities. Runs in this process, a worker process or a Spark task
+    (``payload["data"]`` is then a task folder). Saves the model when ``model_stem`` is set.
     """
     from catdog_features.heads.views import accepts_views, fit_on_views
 
     member, k, n_classes = payload["member"], int(payload["fold"]), int(payload["n_classes"])
     start = time.perf_counter()
     m, labels, fold_of = _fold_data(payload, member)
-    X, X_test = m["X"], m["X_test"]
+    X = m["X"]
+    X_test = m["X_test"] if payload["test"] else None
     factory = payload["factory"] or default_estimator_factory
     train_rows, held_out = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
     estimator = factory(dict(member["params"]), int(payload["random_state"]))
     # held-out rows never reach fit, in any view
     fit_on_views(estimator, X[train_rows], labels[train_rows], [x[train_rows] for x in m["X_views"]])
-    out = {"held_out": aligned_proba(estimator, X[held_out], n_classes),
+    out = {"held_out": aligned_proba(estimator, X[held_out], n_classes) if len(held_out) else None,
            "test": None if X_test is None else aligned_proba(estimator, X_test, n_classes),
            "viewed": bool(m["X_views"]) and accepts_views(estimator),
-           "tta_held": {v: aligned_proba(estimator, x[held_out], n_classes) for v, x in m["X_tta"].items()},
-           "tta_test": {v: aligned_proba(estimator, t, n_classes) for v, t in m["T_tta"].items()}}
+           "tta_held": {v: aligned_proba(estimator, x[held_out], n_classes) for v, x in m["X_tta"].items()
+                        if len(held_out)},
+           "tta_test": {} if X_test is None else {v: aligned_proba(estimator, t, n_classes)
+                                                 for v, t in m["T_tta"].items()}}
     if payload["model_stem"] is not None:
         from catdog_features.heads import save_head
 
@@ -94,6 +98,12 @@ def fold_task(payload) -> Dict[str, Any]:
         save_head(estimator, payload["model_stem"])
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+#: The fold number of a member's refit on all training rows (``test_from="refit"``).
+REFIT = -1
+#: File stem of that model in ``models_dir/<member>/``.
+REFIT_STEM = "full"
 
 
 def fit_oof(
@@ -112,8 +122,9 @@ def fit_oof(
     task_near=None,
     train_views: Optional[Sequence[str]] = None,
     tta: Optional[Sequence[str]] = None,
+    test_from: str = "auto",
 ) -> OOFPredictions:
-    """Out-of-fold predictions of every member, and their fold-mean test predictions.
+    """Out-of-fold predictions of every member, and their test predictions.
 
     Parameters
     ----------
@@ -158,6 +169,15 @@ def fit_oof(
         prediction only where it lowers the member's OOF log loss; the choice and both losses
         are in the member config (``"tta"``) and ``info["tta"]``
         (:func:`~catdog_features.ensemble.tta.choose_tta`). ``test`` must hold these views.
+    test_from : {"auto", "folds", "refit"}
+        Where a member's test probabilities come from: ``"folds"``, the mean of its K fold
+        models; ``"refit"``, one more model fitted on every training row (seed
+        ``random_state + K``; saved as ``<member>/full``), as scikit-learn's stacking
+        estimators do; ``"auto"`` (default): refit the logistic-regression members (a convex
+        head: the fold mean only loses the rows each fold model lacks; on wine and
+        breast_cancer splits the refit's test log loss was lower) and keep the fold mean of the
+        dense heads (a bag of K nets). The OOF predictions are the fold models' either way.
+        Each returned member config records its choice (``"test_from"``).
 
     Returns
     -------
@@ -174,6 +194,8 @@ def fit_oof(
     if hasattr(members, "top"):
         members = members_from_sweep(members)
     members = normalize_members(members)
+    check_test_from(test_from)
+    members = [{**m, "test_from": member_test_source(m, test_from)} for m in members]
     if features.labels is None:
         raise ValueError("fit_oof needs labelled training features; received an unlabeled FeatureSet.")
     n_classes = len(features.class_names)
@@ -191,7 +213,9 @@ def fit_oof(
     has_test = test is not None and len(test) > 0
     fold_test: Dict[tuple, np.ndarray] = {}
     seconds: Dict[str, float] = {m["name"]: 0.0 for m in members}
-    bar = tqdm(total=len(members) * n_folds, desc="OOF fits", unit="fit", disable=not progress)
+    # a refit is only fitted when something uses it: the test set, or models saved for new images
+    refits = [m["name"] for m in members if m["test_from"] == "refit"] if has_test or models_dir is not None else []
+    bar = tqdm(total=len(members) * n_folds + len(refits), desc="OOF fits", unit="fit", disable=not progress)
     fold_tta_test: Dict[tuple, Dict[str, np.ndarray]] = {}
     folder = None
     with TaskPool(n_jobs, distributor, spark_master) as pool:
@@ -214,12 +238,14 @@ def fit_oof(
                 data = str(folder)
             futures = {}
             for member in members:
-                for k in range(n_folds):
-                    payload = {"data": data, "member": member, "fold": k, "random_state": int(random_state) + k,
-                               "n_classes": n_classes, "test": has_test, "factory": estimator_factory,
-                               "train_views": list(train_views), "tta": list(tta),
+                refit = member["name"] in refits
+                for k in [*range(n_folds), *([REFIT] if refit else [])]:
+                    seed = int(random_state) + (n_folds if k == REFIT else k)
+                    payload = {"data": data, "member": member, "fold": k, "random_state": seed,
+                               "n_classes": n_classes, "test": has_test and refit == (k == REFIT),
+                               "factory": estimator_factory, "train_views": list(train_views), "tta": list(tta),
                                "model_stem": None if models_dir is None
-                               else str(Path(models_dir) / member["name"] / f"fold{k}")}
+                               else str(Path(models_dir) / member["name"] / (REFIT_STEM if k == REFIT else f"fold{k}"))}
                     futures[pool.submit(fold_task, payload)] = (member["name"], k)
             for future in _futures.as_completed(futures):
                 name, k = futures[future]
@@ -227,11 +253,12 @@ def fit_oof(
                 if exc is not None:
                     raise exc
                 out = future.result()
-                held_out = fold_of == k
-                oof[name][held_out] = out["held_out"]
-                for v, proba in out["tta_held"].items():
-                    tta_oof[name][v][held_out] = proba
-                if has_test:
+                if k != REFIT:
+                    held_out = fold_of == k
+                    oof[name][held_out] = out["held_out"]
+                    for v, proba in out["tta_held"].items():
+                        tta_oof[name][v][held_out] = proba
+                if out["test"] is not None:
                     fold_test[(name, k)] = out["test"]
                     fold_tta_test[(name, k)] = out["tta_test"]
                 if out["viewed"]:
@@ -247,6 +274,11 @@ def fit_oof(
     test_probs = {}
     if has_test:
         for member in members:  # summed in fold order: the same floats however the fits ran
+            if member["name"] in refits:
+                test_probs[member["name"]] = fold_test[(member["name"], REFIT)]
+                if tta:
+                    tta_test[member["name"]] = dict(fold_tta_test[(member["name"], REFIT)])
+                continue
             total = np.zeros_like(fold_test[(member["name"], 0)])
             for k in range(n_folds):
                 total += fold_test[(member["name"], k)]

@@ -90,6 +90,33 @@ def _kind(params) -> str:
     return params.get("head", "dense")
 
 
+#: Where a member's test probabilities come from (``fit_oof(test_from=...)``).
+TEST_FROM = ("auto", "folds", "refit")
+#: Head kinds that ``test_from="auto"`` refits on all training rows. A convex head solved to
+#: its optimum gains nothing from averaging K fold models (they differ only by the rows
+#: each lacks) and loses the held-out fifth of the rows; SGD-trained dense heads keep the
+#: fold mean, a bag of K differently seeded nets.
+REFIT_KINDS = frozenset({"linear"})
+
+
+def check_test_from(test_from) -> str:
+    """``test_from`` validated (one of :data:`TEST_FROM`)."""
+    if test_from not in TEST_FROM:
+        raise ValueError(f"Invalid test_from. Received: test_from={test_from!r}; expected one of {', '.join(map(repr, TEST_FROM))}.")
+    return test_from
+
+
+def member_test_source(member, test_from: str = "auto") -> str:
+    """``"refit"`` (one model on all training rows) or ``"folds"`` (the K fold models' mean):
+    where ``member``'s test probabilities come from. A member that ``fit_oof`` returned
+    carries its own (``member["test_from"]``)."""
+    if member.get("test_from") in ("folds", "refit"):
+        return member["test_from"]
+    if check_test_from(test_from) != "auto":
+        return test_from
+    return "refit" if _kind(member.get("params") or {}) in REFIT_KINDS else "folds"
+
+
 def _trial_member(t) -> dict:
     return {"name": _member_name(t), "params": dict(t["params"]), "backbones": list(t["backbones"]),
             "trial": t.get("tid"), "sweep_loss": t.get("loss"), "best_epoch": t.get("best_epoch")}
@@ -125,13 +152,16 @@ def feature_fingerprint(features, backbones: Optional[Sequence[str]] = None) -> 
     return digest.hexdigest()
 
 
-def oof_key(members, features, test=None, folds: int = 5, random_state: int = 0, extra=None) -> str:
-    """Key that changes whenever the OOF predictions would: member configs, folds, seed, features."""
+def oof_key(members, features, test=None, folds: int = 5, random_state: int = 0, extra=None,
+            test_from: str = "auto") -> str:
+    """Key that changes whenever the OOF predictions would: member configs, folds, seed, features
+    and where each member's test probabilities come from."""
     members = normalize_members(members)
     used = sorted({b for m in members for b in m["backbones"]})
     payload = {
         "format": OOF_FORMAT,
-        "members": [{k: m[k] for k in ("name", "params", "backbones")} for m in members],
+        "members": [{**{k: m[k] for k in ("name", "params", "backbones")}, "test_from": member_test_source(m, test_from)}
+                    for m in members],
         "folds": int(folds),
         "random_state": int(random_state),
         "train": feature_fingerprint(features, used),

@@ -34,11 +34,13 @@ __all__ = ["LinearHead"]
 
 _SIDECAR_FORMAT = "catdog_features.LinearHead"
 _SIDECAR_VERSION = 1
-#: C values of the CV search (``Cs`` as an int): half-decade steps.
+#: C values of the CV search (``Cs`` as an int, default 41: fifth-of-a-decade steps, a grid as
+#: fine as a 40-value LogisticRegressionCV's; with half-decade steps (17) the test log loss on
+#: a 3,750 x 2,048 generated set was 1.064 x that LogisticRegressionCV's, with 41 steps 1.026 x).
 C_RANGE = (1e-4, 1e4)
-#: The C path stops once the CV loss got worse this many grid steps in a row (it is unimodal
-#: in practice, and the large, barely regularised C values are the slow ones to solve).
-C_PATH_PATIENCE = 2
+#: The C path stops once the CV loss got worse this many grid steps in a row (0.8 decade; it
+#: is unimodal in practice, and the large, barely regularised C values are the slow ones to solve).
+C_PATH_PATIENCE = 4
 
 
 class LinearHead(ClassifierMixin, BaseEstimator):
@@ -49,7 +51,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
     C : float or None, default=None
         Inverse regularisation strength. ``None``: chosen by stratified ``cv``-fold
         cross-validation (log loss) over ``Cs``, then refitted on all rows with it.
-    Cs : int or sequence of float, default=17
+    Cs : int or sequence of float, default=41
         C grid: an int gives that many log-spaced values over :data:`C_RANGE`.
     cv : int, default=5
         Folds of the C search (fewer when a class has fewer rows; none below 2 rows per class,
@@ -81,7 +83,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
 
     head_kind = "linear"
 
-    def __init__(self, C=None, Cs=17, cv=5, standardize=True, tol=1e-8, max_iter=2000, random_state=None):
+    def __init__(self, C=None, Cs=41, cv=5, standardize=True, tol=1e-8, max_iter=2000, random_state=None):
         self.C = C
         self.Cs = Cs
         self.cv = cv

@@ -43,7 +43,10 @@ key; expected one of max_evals, search_backbones, ...``.
     ``method`` (``auto`` | ``blend`` | ``stack`` | ``mean``); ``clip`` (``"auto"`` or a
     number in [0, 0.5)); ``tta`` (``[]``: none): views whose mean probability is a member's
     prediction, kept per member only where it lowers the OOF log loss (e.g. ``["plain",
-    "hflip"]``); *extra*: ``seed`` (0) of the folds. ``train_views`` and ``tta`` must be
+    "hflip"]``); ``test_from`` (``auto`` | ``folds`` | ``refit``; see
+    :func:`~catdog_features.ensemble.fit_oof`): a member's test and new-image predictions are
+    its fold models' mean or one model refitted on all training rows (``auto``: refit the
+    logistic-regression member only); *extra*: ``seed`` (0) of the folds. ``train_views`` and ``tta`` must be
     among ``[extract] views``.
 ``[distributed]``
     ``distributor`` (``"local"`` | ``"spark"``), ``master`` (``""``: the active
@@ -80,7 +83,7 @@ from catdog_features.run.values import METHODS, ConfigError, plain as _plain  # 
 from catdog_features.run.values import (  # local short names, as the schema below uses them
     BadValue as _Bad, backbones_value as _backbones, bool_value as _bool, clip_value as _clip, float_value as _float,
     int_value as _int, method_value as _method, optional_path as _optional_path, path_value as _path,
-    views_value as _views, weights_value as _weights, where as _where,
+    test_from_value as _test_from, views_value as _views, weights_value as _weights, where as _where,
 )
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "qloguniform", "choice")
@@ -153,6 +156,7 @@ class EnsembleConfig:
     clip: Union[str, float] = "auto"
     seed: int = 0
     tta: Tuple[str, ...] = ()  # (): no test-time augmentation
+    test_from: str = "auto"  # where members' test probabilities come from (fit_oof's test_from)
 
 
 @dataclass(frozen=True)
@@ -361,6 +365,7 @@ def _schema(base: Path, raw: Mapping[str, Mapping[str, Any]]):
             "clip": (_clip, "auto"),
             "seed": (lambda v: _int(v, 0, maximum=MAX_SEED), 0),
             "tta": (_views, ()),
+            "test_from": (_test_from, "auto"),
         },
         "distributed": {
             "distributor": (_distributor, "local"),

@@ -238,24 +238,38 @@ def trials_stage(run: RunDir, sweep, *, log: Log = print) -> None:
 
 # --------------------------------------------------------------------------- OOF + ensemble
 def _fold_head(run: RunDir, member: str, fold: int) -> Optional[Path]:
-    """The saved fold head of a member, whatever its kind (``.keras``, ``.h5``), or None."""
+    """The saved fold head of a member, whatever its kind (``.keras``, ``.h5``), or None;
+    fold ``REFIT`` is the member refitted on all training rows (``models/<member>/full``)."""
+    from catdog_features.ensemble.fit import REFIT, REFIT_STEM
     from catdog_features.heads import find_saved_head
 
-    return find_saved_head(run.fold_model(member, fold))
+    stem = run.models / member / f"{REFIT_STEM}.keras" if fold == REFIT else run.fold_model(member, fold)
+    return find_saved_head(stem)
 
 
-def _models_complete(run: RunDir, members, folds: int) -> bool:
-    return all(_fold_head(run, m["name"], k) is not None for m in members for k in range(folds))
+def _test_models(run: RunDir, member, n_folds: int, test_from: str) -> List[Optional[Path]]:
+    """The saved models whose mean probability is ``member``'s test (and new-image) prediction."""
+    from catdog_features.ensemble.fit import REFIT
+    from catdog_features.ensemble.oof import member_test_source
+
+    if member_test_source(member, test_from) == "refit":
+        return [_fold_head(run, member["name"], REFIT)]
+    return [_fold_head(run, member["name"], k) for k in range(n_folds)]
+
+
+def _models_complete(run: RunDir, members, folds: int, test_from: str) -> bool:
+    return all(_fold_head(run, m["name"], k) is not None for m in members for k in range(folds)) and all(
+        p is not None for m in members for p in _test_models(run, m, folds, test_from))
 
 
 def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> Dict[str, np.ndarray]:
-    """Each member's mean fold-model probabilities on ``test`` (saved models, no refit)."""
+    """Each member's test probabilities from its saved models (no refit)."""
     if test is None or len(test) == 0:
         return {}
     from catdog_features.run.saved import member_proba
 
-    return {m["name"]: member_proba(lambda X, m=m: fold_mean_proba([_fold_head(run, m["name"], k) for k in range(n_folds)],
-                                                                  X, n_classes), test, m) for m in members}
+    return {m["name"]: member_proba(lambda X, m=m: fold_mean_proba(_test_models(run, m, n_folds, "auto"), X, n_classes),
+                                    test, m) for m in members}
 
 
 def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, log: Log, train_views=(),
@@ -266,8 +280,10 @@ def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, 
 
     tta = list(getattr(ens, "tta", ()) or ())
     train_views = [v for v in train_views if v != train.view_name]
-    key = oof_key(members, train, test, ens.folds, ens.seed, views_extra(train, test, train_views, tta))
-    train_key = oof_key(members, train, None, ens.folds, ens.seed, views_extra(train, None, train_views, tta))
+    test_from = getattr(ens, "test_from", "auto")
+    key = oof_key(members, train, test, ens.folds, ens.seed, views_extra(train, test, train_views, tta), test_from)
+    train_key = oof_key(members, train, None, ens.folds, ens.seed, views_extra(train, None, train_views, tta),
+                        test_from)
     n_folds = int(make_folds(train.labels, ens.folds, ens.seed).max()) + 1
     stored = None
     if run.oof.is_file() and read_oof_key(run.oof) is not None:
@@ -275,22 +291,23 @@ def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, 
             stored = OOFPredictions.load(run.oof)
         except (OSError, ValueError, KeyError):  # an older format or a damaged file: refit
             stored = None
-    models_ok = _models_complete(run, members, n_folds)
+    models_ok = _models_complete(run, members, n_folds, test_from)
     if stored is not None and stored.key == key and models_ok:
         log(f"OOF predictions unchanged (key {key}): reusing {run.oof}")
         return stored, "reused"
     if stored is not None and stored.info.get("train_key") == train_key and models_ok:
         # same members on the same training features: only the test set changed, so the
-        # saved fold models predict it; no head is refitted
+        # saved models predict it; no head is refitted
         stored.test = _predict_test(run, stored.members, test, n_folds, len(train.class_names))  # their TTA choice
         stored.test_ids = None if test is None else np.asarray(test.ids, dtype=str)
         stored.test_failed = [] if test is None else failure_records(test)
         stored.key = key
-        log(f"OOF predictions unchanged, test set changed: predicted it with the saved fold models ({run.models})")
+        log(f"OOF predictions unchanged, test set changed: predicted it with the saved models ({run.models})")
         return stored, "test re-predicted"
     if run.models.exists():
         shutil.rmtree(run.models)  # fold models of other member configs would be stale
     oof = fit_oof(members, train, test, folds=ens.folds, random_state=ens.seed, models_dir=run.models, progress=progress,
+                  test_from=test_from,
                   train_views=train_views or None, tta=tta or None, **_parallel(distributed))
     return oof, "done"
 
@@ -334,7 +351,7 @@ def ensemble_stage(run: RunDir, config, members, train, test, *, progress: bool 
     save_chosen_oof(oof, result, run.oof)
     n_folds = int(oof.info.get("folds", ens.folds))
     SavedEnsemble(run, config.extract, oof.members,
-                  {m["name"]: [_fold_head(run, m["name"], k) for k in range(n_folds)] for m in oof.members},
+                  {m["name"]: _test_models(run, m, n_folds, "auto") for m in oof.members},
                   result, oof.key, [list(t) for t in oof.test_failed]).write()
     write_text(run.scores, result.format_table() + "\n")
     if result.test_proba is not None:

@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 
 from catdog_features._checks import expect_float, expect_int
 
-METHODS = ("auto", "blend", "stack", "mean", "best")
+METHODS = ("auto", "blend", "stack", "mean", "best", "linear_members")  # catdog_features.ensemble.METHODS
 
 
 class ConfigError(ValueError):
@@ -144,6 +144,14 @@ def views_value(value, *, plain_first: bool = False) -> Tuple[str, ...]:
     if plain_first:
         views = ("plain",) + tuple(v for v in views if v != "plain")
     return views
+
+
+def test_from_value(value):
+    from catdog_features.ensemble.oof import TEST_FROM
+
+    if value not in TEST_FROM:
+        raise BadValue(f"received {value!r}; expected one of {', '.join(TEST_FROM)}")
+    return value
 
 
 def method_value(value):
