@@ -5,7 +5,8 @@ For each data set and each of ``--seeds`` stratified 75/25 splits:
 1. **ours**, exactly as ``run/pipeline.py`` does it, with every default: ``sweep()`` (the default
    space, ``--evals`` TPE trials, the default objective: 5-fold CV below 3,000 rows), then
    ``members_from_sweep`` (the top-5 distinct trials plus the logistic-regression member),
-   ``fit_oof`` (5 folds; test probabilities = fold-model means) and ``fit_ensemblers``
+   ``fit_oof`` (5 folds; test probabilities: ``--test-from``, default ``auto``, the fold-model
+   means of dense members and a refit on all training rows of linear ones) and ``fit_ensemblers``
    (mean / blend / stacker and the clip chosen on OOF predictions only). The features go in
    raw: the heads standardise what they train on themselves.
 2. **LogisticRegressionCV** on the same training part, standardised on it (``StandardScaler``):
