@@ -15,8 +15,8 @@ members are the best of many sweep trials scored on these same rows, so their OO
 optimistic, while the linear member's C is chosen inside each fold. On breast_cancer splits
 (426 rows) the dense members were 0.6-1.3 standard errors ahead on OOF and 15-20 % behind on
 the test rows, so ``method="linear_members"`` is the safer choice there; on digits they were
-5-6 ahead and twice as good on the test rows, and on a 3,750-row generated set 1.4 ahead and
-4 % better on the test rows, which is why ``auto`` does not switch on it. The clip is chosen on the chosen method's
+5-6 ahead and twice as good on the test rows, and on a 3,750-row generated set (one run) 1.4
+ahead and 4 % better on the test rows, which is why ``auto`` does not switch on it. The clip is chosen on the chosen method's
 OOF probabilities only (never on the test set). The weights/coefficients used for the test
 set are fitted on all OOF rows. :func:`save_chosen_oof` stores the ensemblers' OOF
 probabilities in ``oof.h5`` (:class:`~catdog_features.ensemble.oof.OOFPredictions`), so a
@@ -30,8 +30,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from catdog_features.ensemble.metrics import CLIP_GRID, TINY, accuracy, choose_clip, clip_probabilities, log_loss
-from catdog_features.ensemble.oof import OOFPredictions, make_folds
+from catdog_features.ensemble.metrics import (
+    CLIP_GRID, TINY, accuracy, choose_clip, clip_probabilities, log_loss, row_log_loss,
+)
+from catdog_features.ensemble.oof import OOFPredictions, make_folds, member_kind
 
 #: Ensemble methods; "auto" picks the one with the lowest OOF log loss.
 LINEAR_METHOD = "linear_members"
@@ -182,7 +184,7 @@ class EnsembleResult:
     test_proba: Optional[np.ndarray] = None
     oof_by_method: Dict[str, np.ndarray] = field(default_factory=dict)
     best_member: Optional[str] = None  # the member of method "best"
-    linear_weights: Dict[str, float] = field(default_factory=dict)  # method "linear": blend of the linear members
+    linear_weights: Dict[str, float] = field(default_factory=dict)  # method "linear_members": blend of the linear members
 
     def combine(self, member_probs: Mapping[str, np.ndarray], method: Optional[str] = None) -> np.ndarray:
         """Combine per-member probabilities (name -> (n, n_classes)) with the fitted ensembler."""
@@ -358,8 +360,6 @@ def _fit_linear(probs, y, splits, names, linear):
 
 def _paired_z(worse, better, y) -> float:
     """How many standard errors of the mean per-row log-loss difference ``better`` is ahead."""
-    from catdog_features.ensemble.metrics import row_log_loss
-
     d = row_log_loss(worse, y) - row_log_loss(better, y)
     sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
     if sd <= 0.0:
@@ -411,7 +411,7 @@ def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> Ense
     n_folds = int(oof.info.get("folds", int(np.max(oof.folds)) + 1))
     splits = _cv_splits(y, max(2, n_folds), random_state + 1)
     rows, weights, stacker, best_member = _fit_all(probs, y, oof.n_classes, splits, stack_C, names)
-    linear = [i for i, n in enumerate(names) if _member(oof, n).get("params", {}).get("head") == "linear"]
+    linear = [i for i, n in enumerate(names) if member_kind(_member(oof, n)) == "linear"]
     linear_row, linear_weights = _fit_linear(probs, y, splits, names, linear)
     if method == LINEAR_METHOD and linear_row is None:
         raise ValueError(f"method={LINEAR_METHOD!r} needs logistic-regression members (params head='linear') and others; "

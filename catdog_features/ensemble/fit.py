@@ -242,6 +242,7 @@ def fit_oof(
                 for k in [*range(n_folds), *([REFIT] if refit else [])]:
                     seed = int(random_state) + (n_folds if k == REFIT else k)
                     payload = {"data": data, "member": member, "fold": k, "random_state": seed,
+                               # a refitted member's test rows come from its refit alone
                                "n_classes": n_classes, "test": has_test and refit == (k == REFIT),
                                "factory": estimator_factory, "train_views": list(train_views), "tta": list(tta),
                                "model_stem": None if models_dir is None

@@ -90,6 +90,11 @@ def _kind(params) -> str:
     return params.get("head", "dense")
 
 
+def member_kind(member) -> str:
+    """The head kind of a member config (``params["head"]``, dense when absent)."""
+    return _kind(member.get("params") or {})
+
+
 #: Where a member's test probabilities come from (``fit_oof(test_from=...)``).
 TEST_FROM = ("auto", "folds", "refit")
 #: Head kinds that ``test_from="auto"`` refits on all training rows. A convex head solved to
@@ -114,7 +119,7 @@ def member_test_source(member, test_from: str = "auto") -> str:
         return member["test_from"]
     if check_test_from(test_from) != "auto":
         return test_from
-    return "refit" if _kind(member.get("params") or {}) in REFIT_KINDS else "folds"
+    return "refit" if member_kind(member) in REFIT_KINDS else "folds"
 
 
 def _trial_member(t) -> dict:

@@ -238,28 +238,34 @@ def trials_stage(run: RunDir, sweep, *, log: Log = print) -> None:
 
 # --------------------------------------------------------------------------- OOF + ensemble
 def _fold_head(run: RunDir, member: str, fold: int) -> Optional[Path]:
-    """The saved fold head of a member, whatever its kind (``.keras``, ``.h5``), or None;
-    fold ``REFIT`` is the member refitted on all training rows (``models/<member>/full``)."""
-    from catdog_features.ensemble.fit import REFIT, REFIT_STEM
+    """The saved fold head of a member, whatever its kind (``.keras``, ``.h5``), or None."""
     from catdog_features.heads import find_saved_head
 
-    stem = run.models / member / f"{REFIT_STEM}.keras" if fold == REFIT else run.fold_model(member, fold)
-    return find_saved_head(stem)
+    return find_saved_head(run.fold_model(member, fold))
 
 
-def _test_models(run: RunDir, member, n_folds: int, test_from: str) -> List[Optional[Path]]:
-    """The saved models whose mean probability is ``member``'s test (and new-image) prediction."""
-    from catdog_features.ensemble.fit import REFIT
+def _refits(member, test_from: str) -> bool:
     from catdog_features.ensemble.oof import member_test_source
 
-    if member_test_source(member, test_from) == "refit":
-        return [_fold_head(run, member["name"], REFIT)]
+    return member_test_source(member, test_from) == "refit"
+
+
+def _test_models(run: RunDir, member, n_folds: int, test_from: str = "auto") -> List[Optional[Path]]:
+    """The saved models whose mean probability is ``member``'s test (and new-image) prediction
+    (None where one is missing); a member ``fit_oof`` returned carries its own ``test_from``."""
+    from catdog_features.heads import find_saved_head
+
+    if _refits(member, test_from):
+        return [find_saved_head(run.refit_model(member["name"]))]
     return [_fold_head(run, member["name"], k) for k in range(n_folds)]
 
 
 def _models_complete(run: RunDir, members, folds: int, test_from: str) -> bool:
+    """Every fold head, and the refit of each member that predicts with one, is on disk."""
+    from catdog_features.heads import find_saved_head
+
     return all(_fold_head(run, m["name"], k) is not None for m in members for k in range(folds)) and all(
-        p is not None for m in members for p in _test_models(run, m, folds, test_from))
+        find_saved_head(run.refit_model(m["name"])) is not None for m in members if _refits(m, test_from))
 
 
 def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> Dict[str, np.ndarray]:
@@ -268,7 +274,7 @@ def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> D
         return {}
     from catdog_features.run.saved import member_proba
 
-    return {m["name"]: member_proba(lambda X, m=m: fold_mean_proba(_test_models(run, m, n_folds, "auto"), X, n_classes),
+    return {m["name"]: member_proba(lambda X, m=m: fold_mean_proba(_test_models(run, m, n_folds), X, n_classes),
                                     test, m) for m in members}
 
 
@@ -351,7 +357,7 @@ def ensemble_stage(run: RunDir, config, members, train, test, *, progress: bool 
     save_chosen_oof(oof, result, run.oof)
     n_folds = int(oof.info.get("folds", ens.folds))
     SavedEnsemble(run, config.extract, oof.members,
-                  {m["name"]: _test_models(run, m, n_folds, "auto") for m in oof.members},
+                  {m["name"]: _test_models(run, m, n_folds) for m in oof.members},
                   result, oof.key, [list(t) for t in oof.test_failed]).write()
     write_text(run.scores, result.format_table() + "\n")
     if result.test_proba is not None:

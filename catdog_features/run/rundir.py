@@ -28,7 +28,10 @@ to the run folder unless they point outside it, e.g. the feature cache)::
                              ensemble.OOFPredictions).
       models/<member>/fold<k>.keras  the K fold heads of each member (MODELS; DenseHead.save,
                              each with a JSON sidecar fold<k>.keras.json; listed by
-                             RunDir.fold_models). Their mean is the member's test prediction.
+                             RunDir.fold_models). Their mean is the member's test prediction,
+                             unless the member was refitted on all training rows:
+      models/<member>/full.h5   that refit (RunDir.refit_model; ensemble.fit_oof test_from;
+                             by default the logistic-regression member's, LinearHead.save).
       ensemble.json          the fitted ensemble (ENSEMBLE; owner: run.saved.SavedEnsemble).
       scores.txt             the score table printed at the end of the ensemble stage (SCORES).
       test_predictions.csv   the chosen ensemble's unclipped test probabilities (TEST_PREDICTIONS;
@@ -139,6 +142,13 @@ class RunDir:
     def fold_model(self, member: str, fold: int) -> Path:
         """``models/<member>/fold<k>.keras``."""
         return self.models / member / f"fold{fold}.keras"
+
+    def refit_model(self, member: str) -> Path:
+        """``models/<member>/full.keras``: the member refitted on all training rows (the saved
+        file's suffix follows its head kind, as for :meth:`fold_model`)."""
+        from catdog_features.ensemble.fit import REFIT_STEM
+
+        return self.models / member / f"{REFIT_STEM}.keras"
 
     def fold_models(self, member: str) -> List[Path]:
         """The fold models saved for ``member``, in fold order (``[]`` when there are none).
