@@ -245,6 +245,20 @@ def test_choose_clip_picks_large_eps_when_confidently_wrong_sometimes():
     assert eps > 0.005 and losses[eps] < losses[0.0]
 
 
+def test_choose_clip_keeps_no_clip_when_the_lowest_is_within_noise():
+    # calibrated probabilities (y drawn from them): any clip's gain on these rows is chance
+    rng = np.random.default_rng(2)
+    q = rng.uniform(0.001, 0.999, 300)
+    y = (rng.random(300) < q).astype(np.int64)
+    probs = np.column_stack([1 - q, q])
+    argmin, losses = choose_clip(probs, y, min_z=0.0)
+    assert argmin == 0.05 and losses[0.05] < losses[0.0]
+    z = ens.metrics.paired_z(clip_probabilities(probs, 0.0), clip_probabilities(probs, 0.05), y)
+    assert 0 < z < ens.metrics.CLIP_MIN_Z
+    assert choose_clip(probs, y) == (0.0, losses)
+    assert choose_clip(probs, y, min_z=z * 0.99)[0] == 0.05
+
+
 def test_clip_probabilities_multiclass_renormalises():
     p = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
     c = clip_probabilities(p, 0.01)
@@ -394,9 +408,10 @@ def test_auto_never_chooses_worse_than_the_nested_best_member():
     np.testing.assert_array_equal(again.combine(members, "best"), members["good"])
 
 
-def _two_kind_oof(better, worse, n=400, seed=0):
+def _two_kind_oof(better, worse, n=400, seed=0, sweep_folds=None, linear_params=None):
     """A calibrated linear member (``y`` drawn from its probabilities) and a dense one: the same
-    probabilities, but confident and right on ``better`` rows and wrong on ``worse`` rows."""
+    probabilities, but confident and right on ``better`` rows and wrong on ``worse`` rows.
+    ``sweep_folds``: how many CV folds scored the dense member's trial in its sweep."""
     rng = np.random.default_rng(seed)
     q = rng.uniform(0.05, 0.95, n)
     y = (rng.random(n) < q).astype(np.int64)
@@ -407,43 +422,74 @@ def _two_kind_oof(better, worse, n=400, seed=0):
     to2 = lambda p: np.column_stack([1 - p, p])  # noqa: E731
     p_lin, p_net = q, q_net
     test = {"lin": rng.dirichlet([2, 2], 7), "net": rng.dirichlet([2, 2], 7)}
-    members = [{"name": "lin", "params": {"head": "linear"}, "backbones": ["B0"]},
-               {"name": "net", "params": {"hidden_units": 8}, "backbones": ["B0"]}]
+    members = [{"name": "lin", "params": {"head": "linear", **(linear_params or {})}, "backbones": ["B0"]},
+               {"name": "net", "params": {"hidden_units": 8}, "backbones": ["B0"], "sweep_folds": sweep_folds}]
     return OOFPredictions(ids=np.arange(n).astype(str), labels=y, folds=np.arange(n) % 5, class_names=("a", "b"),
                           members=members, oof={"lin": to2(p_lin), "net": to2(p_net)}, test_ids=np.arange(7).astype(str),
                           test=test, test_failed=[], key="k", info={"folds": 5})
 
 
-@pytest.mark.parametrize("better, worse, z_range", [(0, 0, (-0.5, 2.0)), (12, 8, (-0.5, 2.0)), (300, 0, (5.0, 100.0))])
-def test_linear_members_blend_and_how_far_autos_pick_is_ahead_of_it(better, worse, z_range):
-    from catdog_features.ensemble.combine import _paired_z
+@pytest.mark.parametrize("better, worse, sweep_folds, z_range, auto_keeps_linear", [
+    (0, 0, None, (-0.5, 2.0), False),    # no sweep: auto keeps the lowest
+    (12, 8, 1, (-0.5, 2.0), False),      # a hold-out sweep: its pick was scored on a fifth of the rows only
+    (12, 8, 5, (-0.5, 2.0), True),       # a CV sweep picked it on every row, and it is < 2 SE ahead
+    (300, 0, 5, (5.0, 100.0), False),    # a CV sweep, far ahead
+])
+def test_linear_method_and_when_auto_keeps_it(better, worse, sweep_folds, z_range, auto_keeps_linear):
+    from catdog_features.ensemble.combine import AUTO_MARGIN_Z, AUTO_ORDER
+    from catdog_features.ensemble.metrics import paired_z
 
-    oof = _two_kind_oof(better, worse)
+    oof = _two_kind_oof(better, worse, sweep_folds=sweep_folds)
     result = fit_ensemblers(oof, method="auto", clip=0.0)
-    rows = {r["name"]: r for r in result.scores}
-    order = ("mean", "blend", "stack", "best")
-    assert result.method == min(order, key=lambda m: (round(rows[m]["log_loss"], 10), order.index(m)))
-    z = _paired_z(result.oof_by_method["linear_members"], result.oof_by_method[result.method], oof.labels)
+    ensemblers = {r["name"]: r for r in result.scores if r["kind"] == "ensemble"}
+    lowest = min(AUTO_ORDER, key=lambda m: (round(ensemblers[m]["log_loss"], 10), AUTO_ORDER.index(m)))
+    z = paired_z(oof.oof["lin"], result.oof_by_method[lowest], oof.labels)
     assert z_range[0] < z < z_range[1]
-    assert rows["linear_members"]["note"].endswith(f"auto's pick {result.method} is {z:.2f} standard errors ahead on OOF rows")
-    # one linear member: the blend is that member, on OOF and test rows
-    np.testing.assert_allclose(result.oof_by_method["linear_members"], oof.oof["lin"])
-    np.testing.assert_allclose(result.combine(oof.test, "linear_members"), oof.test["lin"])
-    forced = fit_ensemblers(oof, method="linear_members", clip=0.0)
-    assert forced.method == "linear_members" and forced.linear_weights == {"lin": 1.0, "net": 0.0}
+    assert auto_keeps_linear == (sweep_folds == 5 and z < AUTO_MARGIN_Z)
+    assert result.method == ("linear" if auto_keeps_linear else lowest)
+    assert f"{lowest}, the lowest of the others, is {z:.2f} standard errors ahead" in ensemblers["linear"]["note"]
+    assert ("auto keeps this" in ensemblers["linear"]["note"]) == auto_keeps_linear
+    # "linear" is the member alone, on OOF and test rows, also after the JSON round trip
+    np.testing.assert_array_equal(result.oof_by_method["linear"], oof.oof["lin"])
+    np.testing.assert_array_equal(result.combine(oof.test, "linear"), oof.test["lin"])
+    forced = fit_ensemblers(oof, method="linear", clip=0.0)
+    assert forced.method == "linear" and forced.linear_member == "lin"
     again = type(forced).from_dict(forced.to_dict())
-    np.testing.assert_allclose(again.combine(oof.test), oof.test["lin"])
+    np.testing.assert_array_equal(again.combine(oof.test), oof.test["lin"])
+    assert again.chosen_score["kind"] == "ensemble" and again.chosen_score["name"] == "linear"
 
 
-def test_linear_members_needs_linear_and_other_members():
-    oof = _two_kind_oof(0, 0)
-    only_dense = OOFPredictions(ids=oof.ids, labels=oof.labels, folds=oof.folds, class_names=oof.class_names,
-                                members=[oof.members[1]], oof={"net": oof.oof["net"]}, test_ids=None, test={},
-                                test_failed=[], key="k", info={"folds": 5})
-    with pytest.raises(ValueError, match="method='linear_members' needs logistic-regression members"):
-        fit_ensemblers(only_dense, method="linear_members")
-    assert "linear_members" not in {r["name"] for r in fit_ensemblers(only_dense).scores}
-    only_linear = OOFPredictions(ids=oof.ids, labels=oof.labels, folds=oof.folds, class_names=oof.class_names,
-                                 members=[oof.members[0]], oof={"lin": oof.oof["lin"]}, test_ids=None, test={},
-                                 test_failed=[], key="k", info={"folds": 5})
-    assert "linear_members" not in {r["name"] for r in fit_ensemblers(only_linear).scores}  # that is the blend
+@pytest.mark.parametrize("members, reason", [
+    (["net"], "no linear member"),
+    (["lin_fixed_C", "net"], "its C was fixed, e.g. by a sweep on these rows"),
+])
+def test_linear_method_needs_a_linear_member_tuned_inside_folds(members, reason):
+    oof = _two_kind_oof(12, 8, sweep_folds=5, linear_params={"C": 0.5})
+    oof.oof["lin_fixed_C"] = oof.oof.pop("lin")
+    oof.members[0]["name"] = "lin_fixed_C"
+    oof.members = [m for m in oof.members if m["name"] in members]
+    oof.oof = {k: v for k, v in oof.oof.items() if k in members}
+    oof.test = {}
+    with pytest.raises(ValueError, match="method='linear' needs a logistic-regression member"):
+        fit_ensemblers(oof, method="linear")
+    auto = fit_ensemblers(oof)
+    assert auto.method != "linear" and "linear" not in {r["name"] for r in auto.scores if r["kind"] == "ensemble"}
+
+
+def test_a_member_named_like_an_ensembler_is_not_marked_chosen():
+    oof = _two_kind_oof(12, 8, sweep_folds=5)
+    for m in oof.members:
+        m["name"] = {"lin": "linear", "net": "t3"}[m["name"]]
+    oof.oof = {"linear": oof.oof["lin"], "t3": oof.oof["net"]}
+    oof.test = {"linear": oof.test["lin"], "t3": oof.test["net"]}
+    result = fit_ensemblers(oof, clip=0.0)
+    assert result.method == "linear"
+    marked = [line for line in result.format_table().splitlines() if line.endswith(" *")]
+    assert len(marked) == 1 and marked[0].split()[:2] == ["linear", "ensemble"]
+
+
+def test_a_saved_ensemble_of_an_unknown_method_asks_for_a_refit():
+    saved = fit_ensemblers(_two_kind_oof(0, 0), clip=0.0).to_dict()
+    saved["method"] = "linear_members"  # written by an earlier version
+    with pytest.raises(ValueError, match="method='linear_members'.*Refit the ensemble"):
+        ens.EnsembleResult.from_dict(saved)

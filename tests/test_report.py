@@ -199,7 +199,7 @@ def test_console_report_and_manifest_give_one_number_under_one_name(tiny_run):
 
     run = RunDir(tiny_run["run"])
     stage = run.read_manifest()["stages"]["ensemble"]
-    chosen = next(r for r in stage["scores"] if r["name"] == stage["method"])
+    chosen = next(r for r in stage["scores"] if r["kind"] == "ensemble" and r["name"] == stage["method"])
     assert (stage["oof_log_loss"], stage["oof_log_loss_clipped"]) == (chosen["log_loss"], chosen["clipped_log_loss"])
     headline = format_headline(stage["method"], stage["clip"], chosen)
     assert headline in run.scores.read_text()  # what the console printed

@@ -84,7 +84,7 @@ def test_run_oof_file_covers_every_training_image_once(binary_run):
     for name in oof.member_names:
         assert not np.isnan(oof.oof[name]).any()
     ensemble = json.loads((binary_run["out"] / "ensemble.json").read_text())
-    assert ensemble["ensemble"]["method"] in ("mean", "blend", "stack", "best")
+    assert ensemble["ensemble"]["method"] in ("mean", "blend", "stack", "best", "linear")
     assert ensemble["extraction"]["weights"] == "none"
     for member in ensemble["members"]:  # the linear member predicts with its refit on all rows (test_from auto)
         paths = ensemble["models"][member["name"]]

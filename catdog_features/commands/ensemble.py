@@ -39,8 +39,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, metavar="N")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="members: the K best distinct trials (default 5)")
     parser.add_argument("--folds", type=int, default=5, metavar="K", help="stratified folds (default 5)")
-    parser.add_argument("--method", default="auto", choices=("auto", "blend", "stack", "mean", "best", "linear_members"),
-                        help="how members are combined; auto: the lowest OOF log loss (default: %(default)s)")
+    parser.add_argument("--method", default="auto", choices=("auto", "blend", "stack", "mean", "best", "linear"),
+                        help="how members are combined; auto: the lowest OOF log loss, or the linear member on small data "
+                             "unless clearly beaten (default: %(default)s)")
     parser.add_argument("--clip", default="auto", metavar="EPS", help="auto (chosen on OOF) or a number such as 0.005")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
     parser.add_argument("--test-from", default="auto", choices=("auto", "folds", "refit"),

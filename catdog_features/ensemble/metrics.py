@@ -14,6 +14,12 @@ import numpy as np
 CLIP_GRID = (0.0, 1e-4, 1e-3, 0.0025, 0.005, 0.01, 0.02, 0.05)
 #: Probabilities are clipped to this before taking logs.
 TINY = 1e-15
+#: :func:`choose_clip` keeps a clip only when it is this many paired standard errors better than
+#: the smallest epsilon of the grid on the OOF rows. The argmin of 8 epsilons on a few hundred
+#: rows clipped well-calibrated logistic regressions whose test rows were confident and right
+#: (breast_cancer, 8 splits: the linear member's test log loss, median 1.025 x LogisticRegressionCV
+#: clipped at the argmin, 1.012 x with this rule).
+CLIP_MIN_Z = 1.0
 
 
 def clip_probabilities(probs, eps: float) -> np.ndarray:
@@ -45,6 +51,19 @@ def row_log_loss(probs, y) -> np.ndarray:
 def log_loss(probs, y) -> float:
     """Mean negative log probability of the true class (probabilities floored at 1e-15)."""
     return float(np.mean(row_log_loss(probs, y)))
+
+
+def paired_z(worse, better, y) -> float:
+    """How many standard errors of the mean per-row log-loss difference ``better`` is ahead of ``worse``.
+
+    Both are probability matrices of the same rows; the rows are the pairs, so a difference that
+    all rows share counts for more than the same mean carried by a few rows.
+    """
+    d = row_log_loss(worse, y) - row_log_loss(better, y)
+    sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
+    if sd <= 0.0:
+        return float("inf") if float(np.mean(d)) > 0 else 0.0
+    return float(np.mean(d) / (sd / np.sqrt(len(d))))
 
 
 def accuracy(probs, y) -> float:
@@ -86,11 +105,14 @@ def constant_predictions_message(probs, what: str, tol: float = CONSTANT_SPREAD)
             "(e.g. a random-init backbone at a small image size), so these scores and predictions mean nothing")
 
 
-def choose_clip(oof_probs, y, grid: Sequence[float] = CLIP_GRID):
-    """The clip epsilon from ``grid`` with the lowest log loss on OOF predictions.
+def choose_clip(oof_probs, y, grid: Sequence[float] = CLIP_GRID, min_z: float = CLIP_MIN_Z):
+    """The clip epsilon from ``grid`` with the lowest log loss on OOF predictions, if it is clearly better.
 
     Only OOF predictions and their labels go in, so the test set can never influence the
-    choice. Ties go to the smaller epsilon.
+    choice. Ties go to the smaller epsilon. The lowest-loss epsilon is kept only when it is at
+    least ``min_z`` paired standard errors (:func:`paired_z`) better than the smallest epsilon of
+    ``grid`` (no clip, by default); otherwise the smallest is returned: a clip chosen among many on
+    a few hundred rows is noise, and it costs every confident right prediction.
 
     Returns
     -------
@@ -100,4 +122,7 @@ def choose_clip(oof_probs, y, grid: Sequence[float] = CLIP_GRID):
     """
     losses = {float(eps): log_loss(clip_probabilities(oof_probs, eps), y) for eps in grid}
     best = min(losses, key=lambda e: (round(losses[e], 12), e))
+    least = min(losses)
+    if best != least and paired_z(clip_probabilities(oof_probs, least), clip_probabilities(oof_probs, best), y) < min_z:
+        best = least
     return best, losses

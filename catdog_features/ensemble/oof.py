@@ -123,8 +123,22 @@ def member_test_source(member, test_from: str = "auto") -> str:
 
 
 def _trial_member(t) -> dict:
+    # sweep_folds: how many CV folds scored the trial (1: a hold-out split). With more than one,
+    # every training row helped pick it, so its OOF score on these rows is optimistic.
     return {"name": _member_name(t), "params": dict(t["params"]), "backbones": list(t["backbones"]),
-            "trial": t.get("tid"), "sweep_loss": t.get("loss"), "best_epoch": t.get("best_epoch")}
+            "trial": t.get("tid"), "sweep_loss": t.get("loss"), "best_epoch": t.get("best_epoch"),
+            "sweep_folds": len(t.get("fold_losses") or []) or None}
+
+
+def is_tuned_inside_folds(member) -> bool:
+    """A logistic-regression member whose C is chosen by CV inside each fold (no fixed ``C``):
+    no choice of its was made on the rows it is scored on, so its OOF score is honest."""
+    return member_kind(member) == "linear" and (member.get("params") or {}).get("C") is None
+
+
+def chosen_on_training_rows(members) -> bool:
+    """Whether some member was picked by a cross-validated sweep, i.e. by its score on every training row."""
+    return any((m.get("sweep_folds") or 0) > 1 for m in members)
 
 
 def default_estimator_factory(params: dict, random_state: int):

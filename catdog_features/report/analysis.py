@@ -222,7 +222,7 @@ def comparison_rows(facts: Mapping[str, Dict[str, Any]], trials: Sequence[Dict[s
     rows += view_rows(members, member_scores, facts)
     used = list(dict.fromkeys(b for m in members.values() for b in m["backbones"]))
     for r in scores:
-        if r["kind"] != "ensemble":
+        if r["kind"] != "ensemble":  # member rows are above; a member may share an ensembler's name ("linear")
             continue
         rows.append({
             "name": r["name"] + (" (chosen)" if r["name"] == chosen else ""), "kind": "ensemble",

@@ -40,7 +40,7 @@ key; expected one of max_evals, search_backbones, ...``.
     ``{choice = [a, b, ...]}``.
 ``[ensemble]``
     ``folds`` (5, 2 to 100); ``top_k`` (5, 1 to 100) distinct best trials as members;
-    ``method`` (``auto`` | ``blend`` | ``stack`` | ``mean``); ``clip`` (``"auto"`` or a
+    ``method`` (``auto`` | ``blend`` | ``stack`` | ``mean`` | ``best`` | ``linear``); ``clip`` (``"auto"`` or a
     number in [0, 0.5)); ``tta`` (``[]``: none): views whose mean probability is a member's
     prediction, kept per member only where it lowers the OOF log loss (e.g. ``["plain",
     "hflip"]``); ``test_from`` (``auto`` | ``folds`` | ``refit``; see

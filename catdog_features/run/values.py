@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 
 from catdog_features._checks import expect_float, expect_int
 
-METHODS = ("auto", "blend", "stack", "mean", "best", "linear_members")  # catdog_features.ensemble.METHODS
+METHODS = ("auto", "blend", "stack", "mean", "best", "linear")  # catdog_features.ensemble.METHODS
 
 
 class ConfigError(ValueError):
