@@ -7,7 +7,8 @@ For each data set and each of ``--seeds`` stratified 75/25 splits:
    ``members_from_sweep`` (the top-5 distinct trials plus the logistic-regression member),
    ``fit_oof`` (5 folds; test probabilities: ``--test-from``, default ``auto``, the fold-model
    means of dense members and a refit on all training rows of linear ones) and ``fit_ensemblers``
-   (mean / blend / stacker and the clip chosen on OOF predictions only). The features go in
+   (mean / blend / stacker / best member / the linear member, and the clip, chosen on OOF
+   predictions only). The features go in
    raw: the heads standardise what they train on themselves.
 2. **LogisticRegressionCV** on the same training part, standardised on it (``StandardScaler``):
    Cs = 40 values in 1e-4..1e4, ``scoring="neg_log_loss"``, 5 stratified folds, lbfgs,
@@ -119,13 +120,15 @@ def ours(X_tr, y_tr, X_te, seed, args, trials_path):
         ens = fit_ensemblers(oof, method="auto", clip="auto", random_state=seed)
     proba = clip_probabilities(ens.combine(oof.test), ens.clip)
     kinds = [m["params"].get("head", "dense") for m in members]
-    scores = {r["name"]: r for r in ens.scores}
-    linear = next(m["name"] for m in members if m["params"].get("head") == "linear")
+    ensemblers = {r["name"]: r for r in ens.scores if r["kind"] == "ensemble"}
+    member_rows = {r["name"]: r for r in ens.scores if r["kind"] == "member"}  # a member may be named "linear" too
+    linear = ens.linear_member  # the logistic-regression member with C chosen inside each fold
     notes = {
         "sweep": t_sweep, "oof": t_oof, "n_ok": result.n_ok, "best_loss": result.best_loss,
         "best_head": result.best_params.get("head"), "members": f"{kinds.count('dense')} dense + {kinds.count('linear')} linear",
-        "method": ens.method, "clip": ens.clip, "oof_chosen": scores[ens.method]["clipped_log_loss"],
-        "oof_linear": scores[linear]["clipped_log_loss"], "unclipped": ens.combine(oof.test),
+        "method": ens.method, "clip": ens.clip, "oof_chosen": ensemblers[ens.method]["clipped_log_loss"],
+        "oof_linear": member_rows[linear]["clipped_log_loss"], "unclipped": ens.combine(oof.test),
+        "linear_note": ensemblers.get("linear", {}).get("note", ""),
         "linear_test": oof.test[linear],
     }
     return proba, notes
@@ -155,6 +158,7 @@ def run_dataset(name, args, tmp):
               f"({n['best_head']} head) | ensemble of {n['members']}: {n['method']}, clip {n['clip']:g}, OOF log loss "
               f"{n['oof_chosen']:.5f} vs LR member's OOF {n['oof_linear']:.5f}; OOF fits + ensemblers {n['oof']}",
               flush=True)
+        print(f"        linear: {n['linear_note']}", flush=True)
     med = float(np.median([r["ratio"] for r in rows]))
     ratios = ", ".join(format(r["ratio"], ".3f") for r in rows)
     print(f"{name}: median ours/LR over {len(rows)} seeds = {med:.3f} (ratios {ratios})", flush=True)

@@ -437,7 +437,8 @@ def test_head_kinds_and_fixed_settings(fast_head, tmp_path):
     for t in result.trials:
         assert t["status"] == "ok", t["error"]
         if t["params"]["head"] == "linear":
-            assert set(t["params"]) == {"head", "C", "random_state"}  # no dense settings leak in
+            assert set(t["params"]) == {"head", "C", "transform", "random_state"}  # no dense settings leak in
+            assert t["params"]["transform"] in ("none", "sqrt", "log1p")
         else:
             assert t["params"]["epochs"] == 7 and t["params"]["standardize"] is True
             assert t["params"]["optimizer"] in ("adam", "sgd", "adadelta")

@@ -143,11 +143,18 @@ def dense_branch(overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any
     return branch
 
 
+#: The default space's linear branch: the input transforms it chooses among
+#: (:data:`catdog_features.heads.transforms.TRANSFORMS`, not imported: heads pulls in scikit-learn).
+LINEAR_TRANSFORMS = ("none", "sqrt", "log1p")
+
+
 def linear_branch(overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """The default space's logistic-regression branch: ``C`` log-uniform in [1e-4, 1e2], standardised."""
+    """The default space's logistic-regression branch: ``C`` log-uniform in [1e-4, 1e2], the input
+    ``transform`` (none / signed sqrt / signed log1p), standardised."""
     from hyperopt import hp
 
-    branch: Dict[str, Any] = {HEAD_KEY: "linear", "C": hp.loguniform("C", math.log(1e-4), math.log(1e2))}
+    branch: Dict[str, Any] = {HEAD_KEY: "linear", "C": hp.loguniform("C", math.log(1e-4), math.log(1e2)),
+                              "transform": hp.choice("linear_transform", list(LINEAR_TRANSFORMS))}
     branch.update(overrides or {})
     return branch
 
