@@ -50,8 +50,10 @@ C_PATH_PATIENCE = 4
 CV_REPEAT_ROWS = 2000
 MAX_CV_REPEATS = 5
 #: L-BFGS tolerance of the C search's fold fits (the final fit uses ``tol``): a held-out log loss
-#: needs no more. On nearly separable data, where the path runs to large C, the fits to 1e-8 were
-#: most of the time (a 1,800 x 1,536 ten-class fold: 80 s CPU at 1e-8, 32 s at 1e-6, same C).
+#: needs no more. Against 1e-8, 8 splits each: the same test log loss to 4 digits on
+#: breast_cancer, wine and digits with 20-40 % less CPU; on the nearly separable generated
+#: 2,250 x 1,536 ten-class set, where the path runs to large C, 2.4x less CPU and a C ten times
+#: smaller at about the same loss (0.210 / 0.455 x LogisticRegressionCV's vs 0.184 / 0.476, 2 splits).
 CV_TOL = 1e-6
 
 
