@@ -175,8 +175,10 @@ class LinearHead(ClassifierMixin, BaseEstimator):
                 if path:
                     transform_losses[name] = float(loss)
                 if best is None or loss < best[0]:  # ties: the earlier (simpler) transform
-                    best = (loss, name, C, path, X, mean, scale)
-            _, name, C, path, X, mean, scale = best
+                    best = (loss, name, C, path)
+                del X  # one transformed copy of the features at a time
+            _, name, C, path = best
+            X, mean, scale = self._prepare(name, X_raw)
             model = self._solver(C).fit(X, y_enc)
         self.classes_ = classes
         self.coef_ = np.asarray(model.coef_, dtype=np.float64)
