@@ -259,6 +259,20 @@ def test_choose_clip_keeps_no_clip_when_the_lowest_is_within_noise():
     assert choose_clip(probs, y, min_z=z * 0.99)[0] == 0.05
 
 
+@pytest.mark.parametrize("shift, expected", [
+    (0.1, np.inf),     # every row gains the same: certain, whatever the rounding of the logs
+    (-0.1, -np.inf),   # every row loses the same
+    (0.0, 0.0),        # identical predictions
+])
+def test_paired_z_without_spread(shift, expected):
+    y = np.array([0, 1, 1, 0, 1])
+    p_true = np.array([0.3, 0.6, 0.45, 0.8, 0.7])
+    worse = np.where(y[:, None] == np.arange(2), p_true[:, None], 1 - p_true[:, None])
+    better_true = p_true * np.exp(shift)  # log loss lower by exactly `shift` on every row
+    better = np.where(y[:, None] == np.arange(2), better_true[:, None], 1 - better_true[:, None])
+    assert ens.metrics.paired_z(worse, better, y) == expected
+
+
 def test_clip_probabilities_multiclass_renormalises():
     p = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
     c = clip_probabilities(p, 0.01)
@@ -447,7 +461,8 @@ def test_linear_method_and_when_auto_keeps_it(better, worse, sweep_folds, z_rang
     assert z_range[0] < z < z_range[1]
     assert auto_keeps_linear == (sweep_folds == 5 and z < AUTO_MARGIN_Z)
     assert result.method == ("linear" if auto_keeps_linear else lowest)
-    assert f"{lowest}, the lowest of the others, is {z:.2f} standard errors ahead" in ensemblers["linear"]["note"]
+    where = "ahead of" if z >= 0 else "behind"
+    assert f"{lowest}, the lowest of the others, is {abs(z):.2f} standard errors {where} it" in ensemblers["linear"]["note"]
     assert ("auto keeps this" in ensemblers["linear"]["note"]) == auto_keeps_linear
     # "linear" is the member alone, on OOF and test rows, also after the JSON round trip
     np.testing.assert_array_equal(result.oof_by_method["linear"], oof.oof["lin"])

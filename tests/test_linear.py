@@ -111,6 +111,35 @@ def test_transform_auto_with_a_fixed_C_cross_validates_that_C():
     np.testing.assert_allclose(head.coef_, ref.coef_, rtol=1e-4, atol=1e-6)
 
 
+def test_transforms_are_compared_on_the_same_folds_also_without_a_random_state(monkeypatch):
+    X, y = heavy_tailed(200, seed=3)
+    seen = []
+    choose = LinearHead._choose_C
+
+    def spy(self, X, y, splits, grid=None):
+        seen.append([(tr.tolist(), va.tolist()) for tr, va in splits])
+        return choose(self, X, y, splits, grid)
+
+    monkeypatch.setattr(LinearHead, "_choose_C", spy)
+    LinearHead(Cs=5, cv_repeats=2, random_state=None).fit(X, y)
+    assert len(seen) == 3 and len(seen[0]) == 10 and seen[0] == seen[1] == seen[2]
+
+
+def test_transform_auto_with_a_one_value_grid_cross_validates_it():
+    X, y = heavy_tailed(300, seed=2)
+    grid_of_one = LinearHead(Cs=[0.2], cv=3, cv_repeats=1, random_state=0).fit(X, y)
+    fixed = LinearHead(C=0.2, cv=3, cv_repeats=1, random_state=0).fit(X, y)
+    assert set(grid_of_one.transform_losses_) == {"none", "sqrt", "log1p"}
+    assert grid_of_one.transform_losses_ == fixed.transform_losses_ and grid_of_one.transform_ == fixed.transform_
+
+
+def test_the_search_space_offers_every_transform():
+    from catdog_features.heads.transforms import TRANSFORMS
+    from catdog_features.search.space import LINEAR_TRANSFORMS
+
+    assert LINEAR_TRANSFORMS == tuple(TRANSFORMS)
+
+
 def test_transforms_keep_sign_and_order():
     from catdog_features.heads.transforms import TRANSFORMS, apply_transform
 
@@ -175,14 +204,36 @@ def test_a_head_saved_before_transforms_loads_as_untransformed(tmp_path):
     meta = json.loads(sidecar.read_text())
     for key in ("transform", "transform_losses"):
         del meta[key]
-    del meta["params"]["transform"]
+    for key in ("transform", "cv_repeats"):
+        del meta["params"][key]
     meta["version"] = 1
     sidecar.write_text(json.dumps(meta))
     loaded = load_head(path)
-    assert loaded.transform == loaded.transform_ == "none"
+    assert loaded.transform == loaded.transform_ == "none" and loaded.cv_repeats == 1  # refits as it was fitted
     Xs = (X.astype(np.float64) - X.mean(0)) / X.std(0)
     ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit(Xs, y)
     np.testing.assert_allclose(loaded.predict_proba(X), ref.predict_proba(Xs), atol=1e-5)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"version": 3}, "version 3; expected 1 to 2.*newer catdog-features"),
+    ({"version": "2"}, "version '2'"),
+    ({"transform": None}, "transform=None"),
+    ({"transform": "auto"}, "transform='auto'"),
+])
+def test_a_sidecar_of_another_version_or_without_its_transform_is_refused(tmp_path, change, match):
+    X, y = problem(seed=9)
+    path = save_head(LinearHead(C=0.5).fit(X, y), tmp_path / "fold0")
+    sidecar = tmp_path / "fold0.h5.json"
+    meta = {**json.loads(sidecar.read_text()), **change}
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(SavedHeadError, match=match):
+        load_head(path)
+    meta.pop("transform")
+    meta["version"] = 2
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(SavedHeadError, match="KeyError: 'transform'"):
+        load_head(path)
 
 
 def test_build_head_from_trial_params():

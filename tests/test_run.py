@@ -187,6 +187,33 @@ def test_test_from_folds_refits_only_the_oof_stage_and_predicts_with_fold_models
                                read_probabilities(out / "test_predictions.csv")[1], atol=1e-6)
 
 
+def test_oof_saved_by_older_heads_is_refitted_and_reuse_keeps_how_members_were_picked(binary_run, tmp_path,
+                                                                                      monkeypatch):
+    import shutil
+
+    import h5py
+
+    from catdog_features.ensemble import oof as oof_module
+
+    out = tmp_path / "run"
+    shutil.copytree(binary_run["out"], out)
+    argv = [*binary_run["argv"], "--set", f"output.dir={out}", "--set", "output.report=false"]
+    picked = {m["name"]: m.get("sweep_folds") for m in json.loads((out / "ensemble.json").read_text())["members"]}
+    assert any(v is not None for v in picked.values())  # the sweep's trials say how they were scored
+    with h5py.File(out / "oof.h5", "r+") as f:  # an OOF file written before members carried sweep_folds
+        f.attrs["members"] = json.dumps([{k: v for k, v in m.items() if k != "sweep_folds"}
+                                         for m in json.loads(f.attrs["members"])])
+    with pytest.warns(UserWarning):
+        assert run_cli(*argv) == 0
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["oof"]["status"] == "reused"
+    assert {m["name"]: m.get("sweep_folds") for m in json.loads((out / "ensemble.json").read_text())["members"]} == picked
+    monkeypatch.setattr(oof_module, "HEADS_VERSION", oof_module.HEADS_VERSION + 1)  # a head kind's fit changed
+    with pytest.warns(UserWarning):
+        assert run_cli(*argv) == 0
+    assert json.loads((out / "manifest.json").read_text())["stages"]["oof"]["status"] == "done"
+
+
 def test_predict_reproduces_test_predictions_and_submit_overrides_clip(binary_run, tmp_path, capsys):
     from catdog_features.submission import read_probabilities
 

@@ -261,7 +261,7 @@ class EnsembleResult:
             # "linear_members" (a blend of the linear members) was replaced by "linear"
             raise ValueError(f"Unknown saved ensemble method. Received: method={data['method']!r}; expected one of "
                              f"{METHODS[1:]}. Refit the ensemble with this version (`catdog-features ensemble` or "
-                             "`run`: the saved out-of-fold predictions are reused, no head is refitted).")
+                             "`run`; out-of-fold predictions saved by an older version are refitted).")
         return cls(
             class_names=tuple(data["class_names"]),
             members=list(data["members"]),
@@ -350,7 +350,9 @@ def fit_ensemblers(
         score row's note says how many standard errors ``auto``'s pick is ahead of it.
     clip : "auto" or float
         ``"auto"``: the epsilon of ``clip_grid`` with the lowest OOF log loss of the
-        chosen method. A number is used as is.
+        chosen method, kept only when it is :data:`~catdog_features.ensemble.metrics.CLIP_MIN_Z`
+        paired standard errors better than no clip (:func:`~catdog_features.ensemble.metrics.choose_clip`).
+        A number is used as is.
     random_state : int
         Seed of the nested-CV split.
     stack_C : float
@@ -421,7 +423,7 @@ def _fit_ensemblers(oof, method, clip, random_state, clip_grid, stack_C) -> Ense
     if linear is not None:
         z = paired_z(oof.oof[linear], rows[lowest][0], y)
         note = (f"the logistic-regression member {linear} alone (C chosen inside each fold); {lowest}, the lowest "
-                f"of the others, is {z:.2f} standard errors ahead of it on OOF rows")
+                f"of the others, is {abs(z):.2f} standard errors {'ahead of' if z >= 0 else 'behind'} it on OOF rows")
         if method == "auto" and chosen_on_training_rows(oof.members) and z < AUTO_MARGIN_Z:
             note += f" (< {AUTO_MARGIN_Z:g} with members a cross-validated sweep picked on these rows: auto keeps this)"
             method = LINEAR_METHOD

@@ -6,6 +6,7 @@ class 1).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -61,10 +62,11 @@ def paired_z(worse, better, y) -> float:
     all rows share counts for more than the same mean carried by a few rows.
     """
     d = row_log_loss(worse, y) - row_log_loss(better, y)
+    mean = float(np.mean(d))
     sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
-    if sd <= 0.0:
-        return float("inf") if float(np.mean(d)) > 0 else 0.0
-    return float(np.mean(d) / (sd / np.sqrt(len(d))))
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # every row differs alike (rounding aside): no noise to weigh
+        return 0.0 if abs(mean) <= 1e-12 else math.copysign(math.inf, mean)
+    return float(mean / (sd / np.sqrt(len(d))))
 
 
 def accuracy(probs, y) -> float:

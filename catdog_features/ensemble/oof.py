@@ -24,6 +24,10 @@ import numpy as np
 from catdog_features._io import atomic_path
 
 OOF_FORMAT = 1
+#: Part of every :func:`oof_key`: bumped whenever a head kind's fit changes, so OOF predictions
+#: saved by an older version are refitted rather than reused (2: LinearHead chooses an input
+#: transform and averages repeated CV splits for C).
+HEADS_VERSION = 2
 
 
 def _member_name(trial) -> str:
@@ -179,6 +183,7 @@ def oof_key(members, features, test=None, folds: int = 5, random_state: int = 0,
     used = sorted({b for m in members for b in m["backbones"]})
     payload = {
         "format": OOF_FORMAT,
+        "heads_version": HEADS_VERSION,
         "members": [{**{k: m[k] for k in ("name", "params", "backbones")}, "test_from": member_test_source(m, test_from)}
                     for m in members],
         "folds": int(folds),

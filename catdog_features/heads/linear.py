@@ -82,7 +82,8 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         at its best C, on the same folds (with a fixed ``C``, at that C).
     standardize : bool, default=True
         Standardise every feature with the training rows' mean and standard deviation first
-        (L-BFGS converges in far fewer steps, and one C fits all features alike).
+        (L-BFGS converges in far fewer steps, and one C fits all features alike). The C search's
+        folds share it: it uses no labels, and a copy per fold would double the memory.
     tol : float, default=1e-8
         L-BFGS tolerance (scikit-learn's ``tol``); small, so the optimum is reached.
     max_iter : int, default=2000
@@ -161,14 +162,18 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         if len(classes) < 2:
             raise ValueError(f"Received y with a single class ({classes[0]!r}); expected at least 2 classes.")
         candidates = list(TRANSFORMS) if transform == AUTO else [transform]
-        grid = None if fixed_C is None else np.array([fixed_C])
+        # An explicit grid is cross-validated even with one value: its loss compares transforms.
+        grid = np.array([fixed_C]) if fixed_C is not None else (self._grid() if len(candidates) > 1 else None)
+        # Drawn once, so every transform is scored on the same folds (a paired comparison),
+        # also when random_state is None.
+        splits = self._splits(y_enc, folds, repeats)
         with warnings.catch_warnings(), blas_threads_for(X_raw.size):
             warnings.simplefilter("ignore", ConvergenceWarning)  # n_iter_ says whether max_iter was hit
             best, transform_losses = None, {}
-            for name in candidates:  # the same folds for each, so the comparison is paired
+            for name in candidates:
                 X, mean, scale = self._prepare(name, X_raw)
                 if fixed_C is None or len(candidates) > 1:
-                    C, path = self._choose_C(X, y_enc, folds, repeats, grid)
+                    C, path = self._choose_C(X, y_enc, splits, grid)
                 else:
                     C, path = fixed_C, {}
                 loss = min(path["log_loss"]) if path else np.inf
@@ -210,24 +215,30 @@ class LinearHead(ClassifierMixin, BaseEstimator):
             return int(min(MAX_CV_REPEATS, max(1, -(-CV_REPEAT_ROWS // max(1, n_rows)))))
         return check_int("cv_repeats", self.cv_repeats, 1, integral_floats=True)
 
-    def _choose_C(self, X, y, folds, repeats=1, grid=None):
-        """Best C of ``grid`` (default: the ``Cs`` grid) on the mean CV log loss over ``repeats``
-        shuffled k-fold splits, walking up the grid with warm starts per fold. A one-value grid is
-        cross-validated too (its loss compares transforms); ``Cs`` of one value is not."""
+    def _splits(self, y, folds, repeats):
+        """The C search's ``(train, held)`` index pairs: ``repeats`` shuffled stratified
+        ``folds``-fold splits (fewer folds when a class has fewer rows); None below 2 per class."""
         from sklearn.model_selection import RepeatedStratifiedKFold
 
+        k = int(min(folds, np.bincount(y).min()))
+        if k < 2:
+            return None
+        seed = None if self.random_state is None else int(self.random_state)
+        splitter = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
+        return list(splitter.split(np.zeros((len(y), 1)), y))
+
+    def _choose_C(self, X, y, splits, grid=None):
+        """Best C of ``grid`` (default: the ``Cs`` grid) on the mean CV log loss over ``splits``,
+        walking up the grid with warm starts per fold. A one-value grid is cross-validated too
+        (its loss compares transforms); ``Cs`` of one value is not."""
         if grid is None:
             grid = self._grid()
             if len(grid) == 1:
                 return float(grid[0]), {}
-        counts = np.bincount(y)
-        k = int(min(folds, counts.min()))
-        if k < 2:
+        if splits is None:
             return (float(grid[0]) if len(grid) == 1 else 1.0), {}
-        seed = None if self.random_state is None else int(self.random_state)
         losses = []
-        splits = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
-        for train, held in splits.split(X, y):
+        for train, held in splits:
             solver, X_tr, y_tr, fold = self._solver(grid[0], max(float(self.tol), CV_TOL)), X[train], y[train], []
             for C in grid:
                 solver.set_params(C=float(C)).fit(X_tr, y_tr)
@@ -290,9 +301,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         """Load a head saved by :meth:`save`; :class:`SavedHeadError` naming the file if it is not one."""
         import h5py
 
-        path, meta, head, classes, extra = open_saved(
-            cls, path, _SIDECAR_FORMAT, lambda m: {"n_features": int(m["n_features_in"]), "C": float(m["C"]),
-                                                   "transform": check_transform(m.get("transform", "none"), False)})
+        path, meta, head, classes, extra = open_saved(cls, path, _SIDECAR_FORMAT, _sidecar_fields)
         n_features, C = extra["n_features"], extra["C"]
         n_rows = 1 if len(classes) == 2 else len(classes)
         expected = {"coef": (n_rows, n_features), "intercept": (n_rows,), "mean": (n_features,), "scale": (n_features,)}
@@ -316,11 +325,23 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         head.mean_, head.scale_ = arrays.get("mean"), arrays.get("scale")
         head.C_, head.cv_losses_ = C, dict(meta.get("cv_losses") or {})
         head.transform_, head.transform_losses_ = extra["transform"], dict(meta.get("transform_losses") or {})
-        if "transform" not in meta["params"]:  # a version-1 head: fitted before there were transforms
-            head.set_params(transform="none")
+        if extra["version"] < 2:  # fitted before there were transforms and repeated CV: refit alike
+            head.set_params(transform="none", cv_repeats=1)
         head.n_iter_ = int(meta.get("n_iter") or 0)
         head.best_epoch_ = None
         return head
+
+
+def _sidecar_fields(meta) -> dict:
+    """A LinearHead sidecar's own entries; ``ValueError`` (a ``SavedHeadError`` from
+    ``open_saved``) when it is of a newer version or lacks one of them."""
+    version = meta.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= _SIDECAR_VERSION:
+        raise ValueError(f"Received a LinearHead sidecar of version {version!r}; expected 1 to {_SIDECAR_VERSION} "
+                         "(saved by a newer catdog-features? Upgrade it, or refit the head)")
+    transform = "none" if version < 2 else check_transform(meta["transform"], False)
+    return {"version": version, "n_features": int(meta["n_features_in"]), "C": float(meta["C"]),
+            "transform": transform}
 
 
 def _proba(X, coef, intercept) -> np.ndarray:

@@ -12,8 +12,8 @@ model work:
   per-backbone facts (dim, images/s, bytes on disk) are recorded from the extraction report;
 * **sweep**: the SQLite trials file already holds ``max_evals`` trials (a trials file made
   with a different space/data is moved aside and the sweep starts over);
-* **OOF**: ``oof.h5`` is reused when its key (a hash of the member configs, folds, seed and
-  the feature values) matches and every fold model is on disk;
+* **OOF**: ``oof.h5`` is reused when its key (a hash of the member configs, folds, seed,
+  the feature values and the heads' version) matches and every fold model is on disk;
 * the ensemblers, the submission and the report are cheap and always re-made (the report
   only when what it shows changed).
 
@@ -281,7 +281,7 @@ def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> D
 def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, log: Log, train_views=(),
                      distributed=None):
     """``(OOFPredictions, status)``: reused, test re-predicted by the saved fold models, or fitted."""
-    from catdog_features.ensemble import OOFPredictions, fit_oof, make_folds, oof_key, read_oof_key
+    from catdog_features.ensemble import OOFPredictions, fit_oof, make_folds, normalize_members, oof_key, read_oof_key
     from catdog_features.ensemble.oof import views_extra
 
     tta = list(getattr(ens, "tta", ()) or ())
@@ -298,6 +298,10 @@ def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, 
         except (OSError, ValueError, KeyError):  # an older format or a damaged file: refit
             stored = None
     models_ok = _models_complete(run, members, n_folds, test_from)
+    if stored is not None and stored.info.get("train_key") == train_key and models_ok:
+        # how the members were picked (sweep_folds) is not part of the key; the ensemble rule reads it
+        picked = {m["name"]: m["sweep_folds"] for m in normalize_members(members) if "sweep_folds" in m}
+        stored.members = [{**m, "sweep_folds": picked[m["name"]]} if m["name"] in picked else m for m in stored.members]
     if stored is not None and stored.key == key and models_ok:
         log(f"OOF predictions unchanged (key {key}): reusing {run.oof}")
         return stored, "reused"
