@@ -254,3 +254,7 @@ def test_dense_and_linear_heads_saved_side_by_side(tmp_path):
     assert path.suffix == ".keras" and find_saved_head(tmp_path / "fold0.keras") == path
     assert np.array_equal(load_head(path).predict_proba(X), dense.predict_proba(X))
     assert find_saved_head(tmp_path / "fold1") is None
+    sidecar = tmp_path / "fold0.keras.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "version": 3}))  # every kind checks it
+    with pytest.raises(SavedHeadError, match="DenseHead sidecar of version 3; expected 1 to 2"):
+        load_head(path)

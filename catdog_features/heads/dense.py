@@ -508,7 +508,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         path, meta, head, classes, extra = open_saved(cls, path, _SIDECAR_FORMAT, lambda m: {
             "n_features": int(m["n_features_in"]),
             "history": {str(k): [float(v) for v in values] for k, values in m["history"].items()},
-            "best_epoch": None if m["best_epoch"] is None else int(m["best_epoch"])})
+            "best_epoch": None if m["best_epoch"] is None else int(m["best_epoch"])}, _SIDECAR_VERSION)
         n_features, history, best_epoch = extra["n_features"], extra["history"], extra["best_epoch"]
         n_out = 1 if len(classes) == 2 else len(classes)
         weights, mean, scale = load_model_weights(path, n_features, n_out)

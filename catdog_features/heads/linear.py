@@ -301,7 +301,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         """Load a head saved by :meth:`save`; :class:`SavedHeadError` naming the file if it is not one."""
         import h5py
 
-        path, meta, head, classes, extra = open_saved(cls, path, _SIDECAR_FORMAT, _sidecar_fields)
+        path, meta, head, classes, extra = open_saved(cls, path, _SIDECAR_FORMAT, _sidecar_fields, _SIDECAR_VERSION)
         n_features, C = extra["n_features"], extra["C"]
         n_rows = 1 if len(classes) == 2 else len(classes)
         expected = {"coef": (n_rows, n_features), "intercept": (n_rows,), "mean": (n_features,), "scale": (n_features,)}
@@ -333,12 +333,8 @@ class LinearHead(ClassifierMixin, BaseEstimator):
 
 
 def _sidecar_fields(meta) -> dict:
-    """A LinearHead sidecar's own entries; ``ValueError`` (a ``SavedHeadError`` from
-    ``open_saved``) when it is of a newer version or lacks one of them."""
+    """A LinearHead sidecar's own entries (its version already checked by ``open_saved``)."""
     version = meta.get("version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= _SIDECAR_VERSION:
-        raise ValueError(f"Received a LinearHead sidecar of version {version!r}; expected 1 to {_SIDECAR_VERSION} "
-                         "(saved by a newer catdog-features? Upgrade it, or refit the head)")
     transform = "none" if version < 2 else check_transform(meta["transform"], False)
     return {"version": version, "n_features": int(meta["n_features_in"]), "C": float(meta["C"]),
             "transform": transform}

@@ -109,17 +109,24 @@ def sidecar_path(path) -> Path:
     return Path(str(path) + ".json")
 
 
-def open_saved(cls, path, expected_format: str, fields=lambda meta: {}):
+def open_saved(cls, path, expected_format: str, fields=lambda meta: {}, version: int = 1):
     """The common start of every head kind's ``load``: ``(path, meta, head, classes, extra)``.
 
-    Checks the model file exists, reads its sidecar, builds ``cls(**params)``, decodes the
-    classes and ``extra = fields(meta)`` (the kind's own sidecar entries); anything invalid is
-    a :class:`SavedHeadError` naming the sidecar.
+    Checks the model file exists, reads its sidecar, checks its ``"version"`` (1 when absent)
+    is one this kind reads (1 to ``version``), builds ``cls(**params)``, decodes the classes and
+    ``extra = fields(meta)`` (the kind's own sidecar entries); anything invalid is a
+    :class:`SavedHeadError` naming the sidecar.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No saved head model at {str(path)!r}.")
     meta = read_sidecar(path, expected_format)
+    saved = meta.get("version", 1)
+    if isinstance(saved, bool) or not isinstance(saved, int) or not 1 <= saved <= version:
+        raise SavedHeadError(
+            f"Invalid head sidecar {str(sidecar_path(path))!r}: received a {cls.__name__} sidecar of version "
+            f"{saved!r}; expected 1 to {version} (saved by a newer catdog-features? Upgrade it, or refit the head)."
+        )
     try:
         head = cls(**meta["params"])
         classes = classes_from_json(meta["classes"], meta["classes_dtype"])

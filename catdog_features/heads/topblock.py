@@ -397,7 +397,7 @@ class TopBlockHead(ClassifierMixin, BaseEstimator):
 
         path, meta, head, classes, extra = open_saved(cls, path, _SIDECAR_FORMAT, lambda m: {
             "map_shape": tuple(int(d) for d in m["map_shape"]),
-            "history": {str(k): [float(v) for v in values] for k, values in m["history"].items()}})
+            "history": {str(k): [float(v) for v in values] for k, values in m["history"].items()}}, _SIDECAR_VERSION)
         map_shape, history = extra["map_shape"], extra["history"]
         try:
             model = keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -281,7 +281,7 @@ def _predict_test(run: RunDir, members, test, n_folds: int, n_classes: int) -> D
 def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, log: Log, train_views=(),
                      distributed=None):
     """``(OOFPredictions, status)``: reused, test re-predicted by the saved fold models, or fitted."""
-    from catdog_features.ensemble import OOFPredictions, fit_oof, make_folds, normalize_members, oof_key, read_oof_key
+    from catdog_features.ensemble import OOFPredictions, fit_oof, make_folds, oof_key, read_oof_key
     from catdog_features.ensemble.oof import views_extra
 
     tta = list(getattr(ens, "tta", ()) or ())
@@ -300,7 +300,7 @@ def _oof_predictions(run: RunDir, members, train, test, ens, *, progress: bool, 
     models_ok = _models_complete(run, members, n_folds, test_from)
     if stored is not None and stored.info.get("train_key") == train_key and models_ok:
         # how the members were picked (sweep_folds) is not part of the key; the ensemble rule reads it
-        picked = {m["name"]: m["sweep_folds"] for m in normalize_members(members) if "sweep_folds" in m}
+        picked = {m["name"]: m["sweep_folds"] for m in members if "sweep_folds" in m}
         stored.members = [{**m, "sweep_folds": picked[m["name"]]} if m["name"] in picked else m for m in stored.members]
     if stored is not None and stored.key == key and models_ok:
         log(f"OOF predictions unchanged (key {key}): reusing {run.oof}")
